@@ -69,7 +69,7 @@ impl<const MAX: u32> XdrString<MAX> {
         Opaque::new(bytes).map(XdrString)
     }
 
-    pub fn from_str(s: &str) -> Result<Self> {
+    pub fn from_text(s: &str) -> Result<Self> {
         Opaque::from_slice(s.as_bytes()).map(XdrString)
     }
 

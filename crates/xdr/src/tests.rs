@@ -63,7 +63,7 @@ fn bools_other_than_0_and_1_are_rejected() {
 fn construction_enforces_the_bound() {
     assert!(Opaque::<4>::new(vec![0; 5]).is_err());
     assert!(Opaque::<4>::new(vec![0; 4]).is_ok());
-    assert!(XdrString::<3>::from_str("abcd").is_err());
+    assert!(XdrString::<3>::from_text("abcd").is_err());
 }
 
 #[test]

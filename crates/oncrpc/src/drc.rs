@@ -1,0 +1,229 @@
+//! The duplicate request cache: execute-at-most-once for procedures that are
+//! not idempotent (LOCK, UNLOCK, CANCEL, SHARE...). A retransmission that
+//! arrives while the original is still executing is dropped (the client will
+//! retransmit again); one that arrives after it gets the cached reply, byte
+//! for byte, even if the state has changed since.
+
+use crate::msg::Xid;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+/// Identifies one request. The checksum of the arguments keeps a client that
+/// reuses an xid for a different request (after a reboot, say) from being
+/// answered with the old reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DrcKey {
+    pub peer: SocketAddr,
+    pub xid: Xid,
+    pub prog: u32,
+    pub vers: u32,
+    pub proc_: u32,
+    pub args_sum: u64,
+}
+
+impl DrcKey {
+    pub fn new(peer: SocketAddr, xid: Xid, prog: u32, vers: u32, proc_: u32, args: &[u8]) -> Self {
+        DrcKey {
+            peer,
+            xid,
+            prog,
+            vers,
+            proc_,
+            args_sum: fnv1a(args),
+        }
+    }
+}
+
+/// FNV-1a, 64-bit: fast, deterministic, good enough to tell different
+/// arguments under the same (peer, xid) apart.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Debug)]
+enum Entry {
+    InProgress,
+    /// `None`: the procedure sends no reply (the `_MSG` procedures); a
+    /// retransmission must still not run it again.
+    Done(Option<Vec<u8>>),
+}
+
+/// What to do with an incoming request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// First sighting: run it, then call [`Drc::finish`].
+    New,
+    /// Still running: drop the retransmission.
+    InProgress,
+    /// Already answered: send this again (`None`: there was no reply).
+    Replay(Option<Vec<u8>>),
+}
+
+/// Counters for the metrics page.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DrcStats {
+    pub hits: u64,
+    pub in_progress_drops: u64,
+    pub misses: u64,
+    pub evictions: u64,
+}
+
+/// A bounded cache: at most `max_entries` entries and `max_bytes` of cached
+/// replies; the oldest entry goes first.
+#[derive(Debug)]
+pub struct Drc {
+    entries: HashMap<DrcKey, Entry>,
+    order: VecDeque<DrcKey>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+    pub stats: DrcStats,
+}
+
+impl Drc {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Drc {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            max_entries: max_entries.max(1),
+            max_bytes,
+            stats: DrcStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Looks a request up; a new one is recorded as in progress.
+    pub fn begin(&mut self, key: DrcKey) -> Lookup {
+        match self.entries.get(&key) {
+            Some(Entry::InProgress) => {
+                self.stats.in_progress_drops += 1;
+                Lookup::InProgress
+            }
+            Some(Entry::Done(reply)) => {
+                self.stats.hits += 1;
+                Lookup::Replay(reply.clone())
+            }
+            None => {
+                self.stats.misses += 1;
+                self.make_room(0);
+                self.entries.insert(key, Entry::InProgress);
+                self.order.push_back(key);
+                Lookup::New
+            }
+        }
+    }
+
+    /// Records the reply of a request begun with [`Drc::begin`]. If the entry
+    /// was evicted meanwhile the reply is simply not cached.
+    pub fn finish(&mut self, key: DrcKey, reply: Option<&[u8]>) {
+        let size = reply.map_or(0, <[u8]>::len);
+        if size > self.max_bytes {
+            self.remove(&key);
+            return;
+        }
+        self.make_room(size);
+        if let Some(e) = self.entries.get_mut(&key) {
+            *e = Entry::Done(reply.map(<[u8]>::to_vec));
+            self.bytes += size;
+        }
+    }
+
+    /// Forgets a request that failed in a way a retry may fix.
+    pub fn abandon(&mut self, key: &DrcKey) {
+        self.remove(key);
+    }
+
+    fn remove(&mut self, key: &DrcKey) {
+        if let Some(Entry::Done(Some(r))) = self.entries.remove(key) {
+            self.bytes -= r.len();
+        }
+        // The key stays in `order` and is skipped when it reaches the front.
+    }
+
+    fn make_room(&mut self, incoming: usize) {
+        while self.entries.len() >= self.max_entries
+            || (self.bytes + incoming > self.max_bytes && !self.entries.is_empty())
+            || self.order.len() > 2 * self.max_entries
+        {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.contains_key(&old) {
+                self.remove(&old);
+                self.stats.evictions += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(xid: u32, args: &[u8]) -> DrcKey {
+        DrcKey::new(
+            "127.0.0.1:700".parse().unwrap(),
+            Xid(xid),
+            100021,
+            4,
+            2,
+            args,
+        )
+    }
+
+    #[test]
+    fn replay_in_progress_and_done() {
+        let mut c = Drc::new(8, 1024);
+        assert_eq!(c.begin(key(1, b"a")), Lookup::New);
+        assert_eq!(c.begin(key(1, b"a")), Lookup::InProgress);
+        c.finish(key(1, b"a"), Some(b"reply"));
+        assert_eq!(
+            c.begin(key(1, b"a")),
+            Lookup::Replay(Some(b"reply".to_vec()))
+        );
+        // Same xid, different arguments: a different request.
+        assert_eq!(c.begin(key(1, b"b")), Lookup::New);
+        assert_eq!(c.stats.hits, 1);
+        assert_eq!(c.stats.in_progress_drops, 1);
+    }
+
+    #[test]
+    fn no_reply_procedures_are_not_rerun() {
+        let mut c = Drc::new(8, 1024);
+        assert_eq!(c.begin(key(5, b"")), Lookup::New);
+        c.finish(key(5, b""), None);
+        assert_eq!(c.begin(key(5, b"")), Lookup::Replay(None));
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes() {
+        let mut c = Drc::new(4, 100);
+        for i in 0..100 {
+            assert_eq!(c.begin(key(i, b"")), Lookup::New);
+            c.finish(key(i, b""), Some(&[0; 30]));
+            assert!(c.len() <= 4);
+            assert!(c.bytes <= 100);
+            assert!(c.order.len() <= 2 * 4 + 1);
+        }
+        // The newest survive, the oldest are gone.
+        assert!(matches!(c.begin(key(99, b"")), Lookup::Replay(_)));
+        assert_eq!(c.begin(key(0, b"")), Lookup::New);
+        // A reply larger than the whole budget is not cached.
+        c.begin(key(1000, b""));
+        c.finish(key(1000, b""), Some(&[0; 101]));
+        assert_eq!(c.begin(key(1000, b"")), Lookup::New);
+    }
+}
