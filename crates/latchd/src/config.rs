@@ -1,0 +1,234 @@
+//! The configuration file. Every key is optional; an unknown key is an error
+//! that names the key and its line, because a misspelt limit silently
+//! ignored is worse than a refusal to start.
+
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// How latchd finds a port mapper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RpcbindMode {
+    /// Use the host's rpcbind if one answers, otherwise run our own.
+    Auto,
+    /// Register with the host's rpcbind; fail if none answers.
+    System,
+    /// Always run our own (fails if the port is taken).
+    Embedded,
+    /// Register nowhere (clients must be told the ports).
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Addresses to listen on; one socket per address and transport.
+    pub listen: Vec<IpAddr>,
+    /// NLM port, UDP and TCP. 4045 is IANA's port for lockd; a fixed port
+    /// is what firewall rules need. 0 picks any free port.
+    pub nlm_port: u16,
+    /// NSM port; absent means NSM is served on the NLM sockets.
+    pub nsm_port: Option<u16>,
+    pub rpcbind: RpcbindConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcbindConfig {
+    pub mode: RpcbindMode,
+    /// Where the port mapper is (or where ours listens).
+    pub port: u16,
+    /// The AF_LOCAL socket our rpcbind also serves, where local tools such
+    /// as `rpcinfo -p` (no host) look. Empty string: none.
+    #[serde(deserialize_with = "optional_path")]
+    pub unix_socket: Option<std::path::PathBuf>,
+}
+
+fn optional_path<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::path::PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.is_empty()).then(|| s.into()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub idle_timeout_ms: u64,
+    pub max_record_bytes: usize,
+    pub drc_entries: usize,
+    pub drc_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "latch_io=debug"; RUST_LOG wins.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            ],
+            nlm_port: 4045,
+            nsm_port: None,
+            rpcbind: RpcbindConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for RpcbindConfig {
+    fn default() -> Self {
+        RpcbindConfig {
+            mode: RpcbindMode::Auto,
+            port: latch_oncrpc::rpcbind::PORT,
+            unix_socket: Some("/run/rpcbind.sock".into()),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = latch_io::ServerLimits::default();
+        LimitsConfig {
+            max_connections: d.max_connections,
+            idle_timeout_ms: u64::try_from(d.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            max_record_bytes: d.max_record,
+            drc_entries: 4096,
+            drc_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A config problem, worded for the person who wrote the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses `text`; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: describe(text, &e),
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.listen.is_empty() {
+            return Err("listen: at least one address is needed".into());
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 || l.max_record_bytes < 1024 || l.drc_entries == 0 {
+            return Err("limits: max_connections and drc_entries must be positive, max_record_bytes at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+/// "line N: <what toml said>", with the line number computed from the
+/// error's byte span so it survives changes in toml's own wording.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let src = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}: {msg} (in `{src}`)")
+        }
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        assert_eq!(Config::parse("", "x").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = Config::parse(
+            "listen = [\"127.0.0.1\", \"::1\"]\nnlm_port = 0\nnsm_port = 662\n\
+             [rpcbind]\nmode = \"embedded\"\nport = 1111\n\
+             [limits]\nmax_connections = 10\nidle_timeout_ms = 500\n\
+             [log]\nlevel = \"debug\"\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.nsm_port, Some(662));
+        assert_eq!(c.rpcbind.mode, RpcbindMode::Embedded);
+        assert_eq!(c.limits.max_connections, 10);
+        assert_eq!(c.limits.drc_entries, 4096, "unset keys keep defaults");
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_key_and_line() {
+        let e = Config::parse(
+            "nlm_port = 1\n\n[limits]\nmax_conections = 5\n",
+            "latchd.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("latchd.toml"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+        assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        let e = Config::parse("nlm_port = 70000\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1"), "{e}");
+        let e = Config::parse("[rpcbind]\nmode = \"sometimes\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("sometimes"), "{e}");
+        let e = Config::parse("listen = []\n", "f").unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+    }
+}
