@@ -1,1 +1,32 @@
-//! placeholder
+//! The Latch byte-range lock engine: POSIX record locks with strict FCFS
+//! queues and complete deadlock detection, NLM share reservations and
+//! leases, for the NLM server.
+//!
+//! The engine is pure: no I/O, no clock, no threads, no randomness. Every
+//! call takes its input (and, where a lease break may start, the caller's
+//! `now`) and returns an answer plus the [`Event`]s it caused for others
+//! (grants of blocked requests, lease breaks and revocations), which the
+//! protocol layer turns into messages. The same calls in the same order
+//! always give the same answers and events.
+//!
+//! Cost: a lock, unlock or test is O(log n) in the locks on the file
+//! (plus the same owner's segments it replaces), however many owners hold
+//! overlapping shared locks; see [`tree`](crate) notes in the source.
+
+mod deadlock;
+mod engine;
+mod events;
+mod file;
+mod lease;
+mod owner;
+mod share;
+mod tree;
+mod types;
+mod wake;
+
+pub use engine::{BlockedRequest, Engine, LockRequest};
+pub use events::{Event, Holder, LeaseAnswer, LockAnswer, Reply, ShareAnswer, Stats, TestAnswer};
+pub use types::{
+    Bound, Error, FileKey, HostId, LeaseKind, Limits, Mode, Owner, OwnerId, Range, RequestId,
+    Share, ShareBits,
+};

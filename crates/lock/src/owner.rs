@@ -1,0 +1,136 @@
+//! Interned owners and their hosts, with the per-owner bookkeeping that makes
+//! "release everything of this owner / host" and the deadlock search cost
+//! what they touch rather than a scan of every file.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::types::{HostId, Owner, OwnerId, RequestId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct FileId(pub u32);
+
+pub(crate) struct OwnerEntry {
+    pub key: Owner,
+    /// Entries this owner has on each file; a file leaves the map when its
+    /// count drops to zero, and the owner is forgotten when the map empties.
+    pub files: HashMap<FileId, u32>,
+    /// Held lock segments, over all files: an owner with none and no
+    /// blocked request can be waited on by no one, which short-cuts the
+    /// deadlock search.
+    pub segs: usize,
+    /// Blocked requests, in arrival order (few per owner: one per blocked
+    /// client thread).
+    pub waiters: Vec<RequestId>,
+}
+
+#[derive(Default)]
+pub(crate) struct HostEntry {
+    pub owners: HashSet<OwnerId>,
+    pub entries: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct Owners {
+    map: HashMap<Owner, OwnerId>,
+    slab: Vec<Option<OwnerEntry>>,
+    free: Vec<u32>,
+    pub hosts: HashMap<HostId, HostEntry>,
+}
+
+impl Owners {
+    pub fn lookup(&self, owner: &Owner) -> Option<OwnerId> {
+        self.map.get(owner).copied()
+    }
+
+    pub fn intern(&mut self, owner: &Owner) -> OwnerId {
+        if let Some(id) = self.map.get(owner) {
+            return *id;
+        }
+        let entry = OwnerEntry {
+            key: owner.clone(),
+            files: HashMap::new(),
+            segs: 0,
+            waiters: Vec::new(),
+        };
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = Some(entry);
+                OwnerId(i)
+            }
+            None => {
+                self.slab.push(Some(entry));
+                OwnerId((self.slab.len() - 1) as u32)
+            }
+        };
+        self.map.insert(owner.clone(), id);
+        self.hosts.entry(owner.host).or_default().owners.insert(id);
+        id
+    }
+
+    pub fn get(&self, id: OwnerId) -> Option<&OwnerEntry> {
+        self.slab.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    pub fn get_mut(&mut self, id: OwnerId) -> Option<&mut OwnerEntry> {
+        self.slab.get_mut(id.0 as usize).and_then(Option::as_mut)
+    }
+
+    /// The owner's key; owners referenced from the lock tables always exist.
+    pub fn key(&self, id: OwnerId) -> Owner {
+        match self.get(id) {
+            Some(e) => e.key.clone(),
+            None => Owner::new(HostId(u64::MAX), u32::MAX, b"<gone>"),
+        }
+    }
+
+    pub fn host_of(&self, id: OwnerId) -> Option<HostId> {
+        self.get(id).map(|e| e.key.host)
+    }
+
+    pub fn host_entries(&self, host: HostId) -> usize {
+        self.hosts.get(&host).map_or(0, |h| h.entries)
+    }
+
+    /// Adjusts the entry counts of `id` on `file` and of its host.
+    pub fn count(&mut self, id: OwnerId, file: FileId, delta: isize) {
+        let Some(e) = self.slab.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let host = e.key.host;
+        let c = e.files.entry(file).or_insert(0);
+        let v = i64::from(*c) + delta as i64;
+        *c = u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+        if *c == 0 {
+            e.files.remove(&file);
+        }
+        if let Some(h) = self.hosts.get_mut(&host) {
+            h.entries = h.entries.saturating_add_signed(delta);
+        }
+    }
+
+    /// Forgets the owner if it no longer holds anything, so ids and memory
+    /// are bounded by the entries, not by every owner ever seen.
+    pub fn gc(&mut self, id: OwnerId) {
+        let empty = match self.get(id) {
+            Some(e) => e.files.is_empty() && e.waiters.is_empty() && e.segs == 0,
+            None => false,
+        };
+        if !empty {
+            return;
+        }
+        if let Some(e) = self.slab[id.0 as usize].take() {
+            self.map.remove(&e.key);
+            if let Some(h) = self.hosts.get_mut(&e.key.host) {
+                h.owners.remove(&id);
+                if h.owners.is_empty() {
+                    self.hosts.remove(&e.key.host);
+                }
+            }
+            self.free.push(id.0);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
