@@ -1,5 +1,6 @@
 //! latchd as seen by Debian's `rpcinfo`: registered with the host's real
 //! rpcbind, or with latchd's own embedded one, over IPv4 and IPv6.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 use support::*;

@@ -4,7 +4,7 @@
 //!
 //! These tests need root, iproute2, util-linux and (for some) Debian's
 //! rpcbind package; `scripts/test` installs them.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::fs::File;
