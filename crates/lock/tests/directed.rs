@@ -540,7 +540,7 @@ fn share_conflict_table() {
                     assert_eq!(e.share(&f, &own(2), s2, false, 0).unwrap().answer, want);
                     // The same owner never conflicts with itself.
                     let mut e = Engine::new(Limits::default());
-                    e.share(&f, &own(1), s1, false, 0).unwrap();
+                    let _ = e.share(&f, &own(1), s1, false, 0).unwrap();
                     assert_eq!(
                         e.share(&f, &own(1), s2, false, 0).unwrap().answer,
                         ShareAnswer::Granted
