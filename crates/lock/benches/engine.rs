@@ -1,0 +1,255 @@
+//! Engine cost against the kernel's lock table (OFD locks on tmpfs).
+//!
+//! cargo bench -p latch-lock --bench engine
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Timing the kernel's table build needs the clock; this is bench code, not
+// the engine.
+#![allow(clippy::disallowed_methods)]
+
+mod kernel;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use kernel::KFile;
+use latch_lock::{Engine, FileKey, HostId, Limits, LockAnswer, LockRequest, Mode, Owner, Range};
+
+fn owner(i: u64) -> Owner {
+    Owner::new(HostId(i % 64), i as u32, &i.to_le_bytes())
+}
+
+fn big_limits() -> Limits {
+    Limits {
+        waiters_per_file: 1 << 21,
+        entries_per_host: usize::MAX,
+        entries_total: usize::MAX,
+        ..Limits::default()
+    }
+}
+
+fn req<'a>(f: &'a FileKey, o: &'a Owner, r: Range, m: Mode, block: bool) -> LockRequest<'a> {
+    LockRequest {
+        file: f,
+        owner: o,
+        range: r,
+        mode: m,
+        block,
+        reclaim: false,
+        id: None,
+    }
+}
+
+fn one(b: u64) -> Range {
+    Range::new(b, b).unwrap()
+}
+
+fn uncontended(c: &mut Criterion) {
+    let mut g = c.benchmark_group("uncontended_lock_unlock");
+    let files: Vec<FileKey> = (0..1000u32)
+        .map(|i| FileKey::new(&i.to_le_bytes()))
+        .collect();
+    let o = owner(1);
+    let mut e = Engine::new(Limits::default());
+    let mut k = 0usize;
+    g.bench_function("ours/distinct_files", |b| {
+        b.iter(|| {
+            k = (k + 1) % files.len();
+            let r = e
+                .lock(&req(&files[k], &o, one(0), Mode::Exclusive, false), 0)
+                .unwrap();
+            assert_eq!(r.answer, LockAnswer::Granted);
+            let _ = black_box(e.unlock(&files[k], &o, one(0)).unwrap());
+        })
+    });
+    let f = FileKey::new(b"one");
+    let mut j = 0u64;
+    g.bench_function("ours/distinct_ranges_one_file", |b| {
+        b.iter(|| {
+            j = (j + 1) % 1000;
+            let r = Range::new(j * 10, j * 10 + 4).unwrap();
+            let a = e.lock(&req(&f, &o, r, Mode::Exclusive, false), 0).unwrap();
+            assert_eq!(a.answer, LockAnswer::Granted);
+            let _ = black_box(e.unlock(&f, &o, r).unwrap());
+        })
+    });
+    let mut kfiles: Vec<KFile> = (0..1000).map(|i| KFile::new(&format!("u{i}"))).collect();
+    let fds: Vec<i32> = kfiles.iter_mut().map(|k| k.open().unwrap()).collect();
+    g.bench_function("kernel/distinct_files", |b| {
+        b.iter(|| {
+            k = (k + 1) % fds.len();
+            assert!(KFile::lock(fds[k], true, 0, 1));
+            KFile::unlock(fds[k], 0, 1);
+        })
+    });
+    let fd = fds[0];
+    g.bench_function("kernel/distinct_ranges_one_file", |b| {
+        b.iter(|| {
+            j = (j + 1) % 1000;
+            assert!(KFile::lock(fd, true, j * 10, 5));
+            KFile::unlock(fd, j * 10, 5);
+        })
+    });
+    g.finish();
+}
+
+/// `n` owners each holding one exclusive byte at 2i.
+fn build_ours(n: u64) -> (Engine, FileKey) {
+    let mut e = Engine::new(big_limits());
+    let f = FileKey::new(b"held");
+    for i in 0..n {
+        let o = owner(i);
+        let a = e
+            .lock(&req(&f, &o, one(2 * i), Mode::Exclusive, false), 0)
+            .unwrap();
+        assert_eq!(a.answer, LockAnswer::Granted);
+    }
+    (e, f)
+}
+
+/// The same in the kernel, giving up once building takes over `budget`.
+fn build_kernel(n: u64, budget: Duration) -> Result<KFile, String> {
+    let mut k = KFile::new(&format!("held{n}"));
+    let t = Instant::now();
+    for i in 0..n {
+        let Some(fd) = k.open() else {
+            return Err(format!("out of file descriptors after {i}"));
+        };
+        assert!(KFile::lock(fd, true, 2 * i, 1));
+        if t.elapsed() > budget {
+            return Err(format!("building took over {budget:?} at {i} locks"));
+        }
+    }
+    eprintln!("kernel: {n} locks built in {:?}", t.elapsed());
+    Ok(k)
+}
+
+fn held(c: &mut Criterion) {
+    let mut g = c.benchmark_group("held_on_one_file");
+    for n in [1_000u64, 100_000, 1_000_000] {
+        let t = Instant::now();
+        let (mut e, f) = build_ours(n);
+        eprintln!("ours: {n} locks built in {:?}", t.elapsed());
+        let me = owner(u64::MAX);
+        let mut k = 0u64;
+        g.bench_function(BenchmarkId::new("ours/lock_unlock_fresh", n), |b| {
+            b.iter(|| {
+                k = (k + 7919) % n;
+                let r = one(2 * k + 1);
+                let a = e.lock(&req(&f, &me, r, Mode::Exclusive, false), 0).unwrap();
+                assert_eq!(a.answer, LockAnswer::Granted);
+                let _ = black_box(e.unlock(&f, &me, r).unwrap());
+            })
+        });
+        g.bench_function(BenchmarkId::new("ours/test_conflict", n), |b| {
+            b.iter(|| {
+                k = (k + 7919) % n;
+                black_box(e.test(&f, &me, one(2 * k), Mode::Exclusive));
+            })
+        });
+        drop(e);
+    }
+    let limit = kernel::raise_nofile();
+    eprintln!("kernel: RLIMIT_NOFILE now {limit}");
+    for n in [1_000u64, 10_000, 100_000, 1_000_000] {
+        let k = match build_kernel(n, Duration::from_secs(60)) {
+            Ok(k) => k,
+            Err(why) => {
+                eprintln!("kernel: {n} locks NOT MEASURED: {why}");
+                continue;
+            }
+        };
+        let mut extra = KFile::new(&format!("held{n}"));
+        // A separate owner on the same file: another open of its path.
+        let fd = match extra.open() {
+            Some(fd) => fd,
+            None => {
+                eprintln!("kernel: {n} locks NOT MEASURED: no descriptor left for the tester");
+                continue;
+            }
+        };
+        let mut j = 0u64;
+        g.bench_function(BenchmarkId::new("kernel/lock_unlock_fresh", n), |b| {
+            b.iter(|| {
+                j = (j + 7919) % n;
+                assert!(KFile::lock(fd, true, 2 * j + 1, 1));
+                KFile::unlock(fd, 2 * j + 1, 1);
+            })
+        });
+        g.bench_function(BenchmarkId::new("kernel/test_conflict", n), |b| {
+            b.iter(|| {
+                j = (j + 7919) % n;
+                black_box(KFile::test(fd, true, 2 * j, 1));
+            })
+        });
+        drop(extra);
+        drop(k);
+    }
+    g.finish();
+}
+
+fn deadlock(c: &mut Criterion) {
+    let mut g = c.benchmark_group("deadlock_check");
+    let n = 100_000u64;
+    // Owner i holds byte i and waits for byte i+1: a chain of n-1 waiters.
+    let mut e = Engine::new(big_limits());
+    let f = FileKey::new(b"chain");
+    for i in 0..n {
+        let o = owner(i);
+        let a = e
+            .lock(&req(&f, &o, one(i), Mode::Exclusive, false), 0)
+            .unwrap();
+        assert_eq!(a.answer, LockAnswer::Granted);
+    }
+    for i in 0..n - 1 {
+        let o = owner(i);
+        let a = e
+            .lock(&req(&f, &o, one(i + 1), Mode::Exclusive, true), 0)
+            .unwrap();
+        assert!(matches!(a.answer, LockAnswer::Blocked(_)));
+    }
+    let last = owner(n - 1);
+    let before = e.stats().deadlock_visits;
+    let a = e
+        .lock(&req(&f, &last, one(0), Mode::Exclusive, true), 0)
+        .unwrap();
+    assert_eq!(a.answer, LockAnswer::Deadlock);
+    eprintln!(
+        "deadlock: one refusal over a chain of {} waiters visited {} owners",
+        n - 1,
+        e.stats().deadlock_visits - before
+    );
+    g.bench_function("ours/refuse_cycle_through_100k_waiters", |b| {
+        b.iter(|| {
+            let a = e
+                .lock(&req(&f, &last, one(0), Mode::Exclusive, true), 0)
+                .unwrap();
+            assert_eq!(a.answer, LockAnswer::Deadlock);
+        })
+    });
+    // A newcomer that holds nothing: answered without a search.
+    let fresh = owner(n + 10);
+    g.bench_function("ours/block_and_cancel_behind_100k_waiters", |b| {
+        b.iter(|| {
+            let a = e
+                .lock(&req(&f, &fresh, one(0), Mode::Exclusive, true), 0)
+                .unwrap();
+            let LockAnswer::Blocked(id) = a.answer else {
+                panic!("{a:?}")
+            };
+            let _ = black_box(e.cancel(id));
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    targets = uncontended, held, deadlock
+}
+criterion_main!(benches);
