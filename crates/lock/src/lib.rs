@@ -11,7 +11,14 @@
 //!
 //! Cost: a lock, unlock or test is O(log n) in the locks on the file
 //! (plus the same owner's segments it replaces), however many owners hold
-//! overlapping shared locks; see [`tree`](crate) notes in the source.
+//! overlapping shared locks: each file keeps its segments in an arena treap
+//! ordered by start with a max-end augmentation, threaded a second time in
+//! (owner, start) order for POSIX merge and split.
+//!
+//! Entry points: [`Engine::lock`], [`Engine::unlock`], [`Engine::test`],
+//! [`Engine::cancel`], [`Engine::release_owner`], [`Engine::release_host`],
+//! [`Engine::set_grace`], [`Engine::share`], [`Engine::unshare`],
+//! [`Engine::lease`], [`Engine::unlease`], [`Engine::expire_leases`].
 
 mod deadlock;
 mod engine;
