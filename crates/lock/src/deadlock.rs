@@ -20,6 +20,7 @@ use std::collections::HashSet;
 
 use crate::engine::Engine;
 use crate::owner::FileId;
+use crate::tree::Filter;
 use crate::types::{OwnerId, Range};
 
 impl Engine {
@@ -91,12 +92,12 @@ impl Engine {
             true
         };
         !f.holders
-            .visit_overlaps(r.start(), r.end(), !excl, &mut |s| {
+            .visit_overlaps(r.start(), r.end(), Filter::conflicting(excl), &mut |s| {
                 edge(f.holders.get(s).owner)
             })
             || !f
                 .waiters
-                .visit_overlaps(r.start(), r.end(), !excl, &mut |s| {
+                .visit_overlaps(r.start(), r.end(), Filter::conflicting(excl), &mut |s| {
                     let n = f.waiters.get(s);
                     n.payload.seq >= seq || edge(n.owner)
                 })

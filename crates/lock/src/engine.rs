@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::events::{Event, Holder, LockAnswer, Reply, Stats, TestAnswer};
 use crate::file::{FileState, Interest, Plan, Waiter};
 use crate::owner::{FileId, Owners};
+use crate::tree::Filter;
 use crate::types::{Bound, Error, FileKey, HostId, Limits, Mode, Owner, OwnerId, Range, RequestId};
 
 /// A byte-range lock request (NLM LOCK).
@@ -387,11 +388,12 @@ impl Engine {
         };
         let f = self.file(fid);
         let mut v: Vec<(u64, RequestId)> = Vec::new();
-        f.waiters.visit_overlaps(0, u64::MAX, false, &mut |slot| {
-            let p = &f.waiters.get(slot).payload;
-            v.push((p.seq, p.id));
-            true
-        });
+        f.waiters
+            .visit_overlaps(0, u64::MAX, Filter::All, &mut |slot| {
+                let p = &f.waiters.get(slot).payload;
+                v.push((p.seq, p.id));
+                true
+            });
         v.sort_unstable();
         v.into_iter()
             .filter_map(|(_, id)| self.blocked(id))
@@ -406,7 +408,7 @@ impl Engine {
         let mut out = Vec::new();
         self.file(fid)
             .holders
-            .visit_overlaps(0, u64::MAX, false, &mut |slot| {
+            .visit_overlaps(0, u64::MAX, Filter::All, &mut |slot| {
                 out.push(self.describe(fid, slot));
                 true
             });

@@ -2,7 +2,9 @@
 //! the POSIX arithmetic of replacing, merging and splitting an owner's
 //! segments.
 
-use crate::tree::Tree;
+use std::collections::BTreeMap;
+
+use crate::tree::{Filter, Tree};
 use crate::types::{FileKey, LeaseKind, OwnerId, Range, RequestId, Share};
 
 /// Payload of a blocked request in the waiter tree.
@@ -68,6 +70,13 @@ impl Interest {
 pub(crate) struct FileState {
     pub key: FileKey,
     pub holders: Tree<()>,
+    /// Exclusive segments by start. They are pairwise disjoint across all
+    /// owners (an exclusive lock conflicts with every other owner's lock,
+    /// and one owner's segments never overlap), so the ones overlapping a
+    /// range are a run found from one predecessor search: a B-tree walk,
+    /// which stays in cache far better than a treap descent at a million
+    /// locks.
+    pub excl: BTreeMap<u64, u32>,
     pub waiters: Tree<Waiter>,
     /// Few per file in practice (DOS shares are rare over NFS); a linear
     /// scan is cheaper than any index at that size.
@@ -107,6 +116,7 @@ impl FileState {
         FileState {
             key,
             holders: Tree::new(true),
+            excl: BTreeMap::new(),
             waiters: Tree::new(false),
             shares: Vec::new(),
             leases: Vec::new(),
@@ -199,10 +209,17 @@ impl FileState {
 
     pub fn apply(&mut self, owner: OwnerId, plan: &Plan) {
         for &slot in &plan.remove {
+            let n = self.holders.get(slot);
+            if n.excl {
+                self.excl.remove(&n.start);
+            }
             self.holders.remove(slot);
         }
         for &(s, e, x) in &plan.add {
-            self.holders.insert(s, e, owner, x, ());
+            let slot = self.holders.insert(s, e, owner, x, ());
+            if x {
+                self.excl.insert(s, slot);
+            }
         }
     }
 
@@ -210,9 +227,22 @@ impl FileState {
     /// `excl`. Own segments in the way are skipped: a lock is about to
     /// replace them, which pays for the visit.
     pub fn holder_conflict(&self, owner: OwnerId, r: Range, excl: bool) -> Option<u32> {
+        let (s, e) = (r.start(), r.end());
+        for (_, &slot) in self.excl.range(..=e).rev() {
+            let n = self.holders.get(slot);
+            if n.end < s {
+                break;
+            }
+            if n.owner != owner {
+                return Some(slot);
+            }
+        }
+        if !excl {
+            return None;
+        }
         let mut found = None;
         self.holders
-            .visit_overlaps(r.start(), r.end(), !excl, &mut |slot| {
+            .visit_overlaps(s, e, Filter::Shared, &mut |slot| {
                 if self.holders.get(slot).owner != owner {
                     found = Some(slot);
                     return false;
@@ -233,7 +263,7 @@ impl FileState {
     ) -> Option<u32> {
         let mut found = None;
         self.waiters
-            .visit_overlaps(r.start(), r.end(), !excl, &mut |slot| {
+            .visit_overlaps(r.start(), r.end(), Filter::conflicting(excl), &mut |slot| {
                 let n = self.waiters.get(slot);
                 if n.owner != owner && n.payload.seq < before_seq {
                     found = Some(slot);
@@ -277,9 +307,10 @@ impl FileState {
             found = other(o);
             !found
         };
-        self.holders.visit_overlaps(0, u64::MAX, !write, &mut |s| {
-            check(self.holders.get(s).owner)
-        });
+        self.holders
+            .visit_overlaps(0, u64::MAX, Filter::conflicting(write), &mut |s| {
+                check(self.holders.get(s).owner)
+            });
         if found {
             return true;
         }
@@ -287,9 +318,10 @@ impl FileState {
             found = other(o);
             !found
         };
-        self.waiters.visit_overlaps(0, u64::MAX, !write, &mut |s| {
-            check(self.waiters.get(s).owner)
-        });
+        self.waiters
+            .visit_overlaps(0, u64::MAX, Filter::conflicting(write), &mut |s| {
+                check(self.waiters.get(s).owner)
+            });
         if found {
             return true;
         }

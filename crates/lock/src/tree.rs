@@ -27,6 +27,28 @@ pub(crate) struct Node<P> {
     max_end: u64,
     /// `None` when the subtree holds no exclusive range.
     max_end_excl: Option<u64>,
+    /// `None` when the subtree holds no shared range: a file with only
+    /// exclusive locks answers "any shared lock here?" at the root.
+    max_end_shared: Option<u64>,
+}
+
+/// Which ranges a visit looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Filter {
+    All,
+    Excl,
+    Shared,
+}
+
+impl Filter {
+    /// The ranges a request in mode `excl` conflicts with.
+    pub fn conflicting(excl: bool) -> Filter {
+        if excl {
+            Filter::All
+        } else {
+            Filter::Excl
+        }
+    }
 }
 
 pub(crate) struct Tree<P> {
@@ -100,17 +122,20 @@ impl<P> Tree<P> {
         let n = &self.nodes[slot as usize];
         let mut max_end = n.end;
         let mut max_excl = n.excl.then_some(n.end);
+        let mut max_shared = (!n.excl).then_some(n.end);
         for side in 0..2 {
             let c = n.link[0][side];
             if c != NIL {
                 let cn = &self.nodes[c as usize];
                 max_end = max_end.max(cn.max_end);
                 max_excl = max_excl.max(cn.max_end_excl);
+                max_shared = max_shared.max(cn.max_end_shared);
             }
         }
         let n = &mut self.nodes[slot as usize];
         n.max_end = max_end;
         n.max_end_excl = max_excl;
+        n.max_end_shared = max_shared;
     }
 
     /// Splits `t` into keys `< key` and keys `>= key`.
@@ -170,6 +195,7 @@ impl<P> Tree<P> {
             link: [[NIL; 2]; 2],
             max_end: end,
             max_end_excl: excl.then_some(end),
+            max_end_shared: (!excl).then_some(end),
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -205,17 +231,17 @@ impl<P> Tree<P> {
         self.len -= 1;
     }
 
-    /// Calls `f` on every node overlapping `[s, e]` (only exclusive ones if
-    /// `excl_only`), in start order, until `f` returns `false`. Returns
-    /// `false` if stopped early.
+    /// Calls `f` on every node overlapping `[s, e]` that passes `filter`, in
+    /// start order, until `f` returns `false`. Returns `false` if stopped
+    /// early.
     pub fn visit_overlaps(
         &self,
         s: u64,
         e: u64,
-        excl_only: bool,
+        filter: Filter,
         f: &mut dyn FnMut(u32) -> bool,
     ) -> bool {
-        self.visit_rec(self.root[0], s, e, excl_only, f)
+        self.visit_rec(self.root[0], s, e, filter, f)
     }
 
     fn visit_rec(
@@ -223,32 +249,37 @@ impl<P> Tree<P> {
         t: u32,
         s: u64,
         e: u64,
-        excl_only: bool,
+        filter: Filter,
         f: &mut dyn FnMut(u32) -> bool,
     ) -> bool {
         if t == NIL {
             return true;
         }
         let n = &self.nodes[t as usize];
-        let reach = if excl_only {
-            n.max_end_excl
-        } else {
-            Some(n.max_end)
+        let reach = match filter {
+            Filter::All => Some(n.max_end),
+            Filter::Excl => n.max_end_excl,
+            Filter::Shared => n.max_end_shared,
         };
         match reach {
             Some(m) if m >= s => {}
             _ => return true,
         }
-        if !self.visit_rec(n.link[0][0], s, e, excl_only, f) {
+        if !self.visit_rec(n.link[0][0], s, e, filter, f) {
             return false;
         }
         if n.start > e {
             return true;
         }
-        if n.end >= s && (n.excl || !excl_only) && !f(t) {
+        let pass = match filter {
+            Filter::All => true,
+            Filter::Excl => n.excl,
+            Filter::Shared => !n.excl,
+        };
+        if n.end >= s && pass && !f(t) {
             return false;
         }
-        self.visit_rec(n.link[0][1], s, e, excl_only, f)
+        self.visit_rec(n.link[0][1], s, e, filter, f)
     }
 
     /// The nodes of `owner` with `from <= start <= to`, in start order.

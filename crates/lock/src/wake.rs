@@ -12,6 +12,7 @@ use crate::engine::Engine;
 use crate::events::Event;
 use crate::file::Interest;
 use crate::owner::FileId;
+use crate::tree::Filter;
 use crate::types::{Mode, Range};
 
 impl Engine {
@@ -38,7 +39,7 @@ impl Engine {
     fn enqueue_overlapping(&self, fid: FileId, r: Range, queue: &mut BTreeMap<u64, u32>) {
         let f = self.file(fid);
         f.waiters
-            .visit_overlaps(r.start(), r.end(), false, &mut |slot| {
+            .visit_overlaps(r.start(), r.end(), Filter::All, &mut |slot| {
                 queue.insert(f.waiters.get(slot).payload.seq, slot);
                 true
             });
