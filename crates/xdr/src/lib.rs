@@ -91,6 +91,17 @@ primitive!(u64, u64, put_u64);
 primitive!(i64, i64, put_i64);
 primitive!(bool, bool, put_bool);
 
+/// `void`.
+impl Encode for () {
+    fn encode(&self, _: &mut Writer) {}
+}
+
+impl<'a> Decode<'a> for () {
+    fn decode(_: &mut Reader<'a>) -> Result<Self> {
+        Ok(())
+    }
+}
+
 impl<T: Encode> Encode for Option<T> {
     fn encode(&self, w: &mut Writer) {
         match self {
