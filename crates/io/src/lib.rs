@@ -2,6 +2,7 @@
 //! the sans-IO machines of `latch-oncrpc` (and later NLM and NSM).
 
 pub mod client;
+pub mod portmap;
 pub mod server;
 pub mod sock;
 

@@ -31,8 +31,58 @@ pub struct Config {
     /// NSM port; absent means NSM is served on the NLM sockets.
     pub nsm_port: Option<u16>,
     pub rpcbind: RpcbindConfig,
+    pub nsm: NsmConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+}
+
+/// Which status monitor the host uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NsmMode {
+    /// Latch's own, served by latchd on program 100024.
+    Latch,
+    /// The host's rpc.statd (latchd serves no NSM).
+    System,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyCheckConfig {
+    /// SM_NOTIFY may affect a host only when sent from an address the host
+    /// resolves to or was seen at.
+    Address,
+    /// Anyone may announce any host's reboot.
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NsmConfig {
+    pub mode: NsmMode,
+    /// Where the state number and the monitor list live.
+    pub state_dir: std::path::PathBuf,
+    /// Names announced in SM_NOTIFY after a restart; empty: the host name.
+    /// Several for the floating addresses of HA setups.
+    pub names: Vec<String>,
+    pub notify_check: NotifyCheckConfig,
+    /// How long to keep telling a host of our restart.
+    pub notify_timeout_ms: u64,
+    pub max_hosts: usize,
+}
+
+impl Default for NsmConfig {
+    fn default() -> Self {
+        NsmConfig {
+            mode: NsmMode::Latch,
+            state_dir: "/var/lib/latch/nsm".into(),
+            names: Vec::new(),
+            notify_check: NotifyCheckConfig::Address,
+            // sm-notify's own bound: 15 minutes.
+            notify_timeout_ms: 15 * 60 * 1000,
+            max_hosts: 4096,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -81,6 +131,7 @@ impl Default for Config {
             nlm_port: 4045,
             nsm_port: None,
             rpcbind: RpcbindConfig::default(),
+            nsm: NsmConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
         }

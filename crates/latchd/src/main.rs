@@ -1,6 +1,7 @@
 //! latchd: the Latch lock manager daemon.
 
 mod config;
+mod nsm_service;
 mod portmap;
 mod programs;
 
@@ -36,6 +37,9 @@ struct Args {
     /// Override `rpcbind.port`.
     #[arg(long)]
     rpcbind_port: Option<u16>,
+    /// Override `nsm.state_dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Parse the configuration, print it, and exit.
     #[arg(long)]
     check_config: bool,
@@ -61,6 +65,9 @@ fn load(args: &Args) -> Result<Config> {
     }
     if let Some(p) = args.rpcbind_port {
         cfg.rpcbind.port = p;
+    }
+    if let Some(d) = &args.state_dir {
+        cfg.nsm.state_dir = d.clone();
     }
     Ok(cfg)
 }
@@ -112,14 +119,22 @@ async fn run(cfg: Config) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let limits = limits(&cfg);
+    // The state number is bumped before anything is answered (seed 002).
+    let nsm = start_nsm(&cfg)?;
     let registrar = portmap::start(&cfg, limits).await?;
 
     let new_dispatcher = || Dispatcher::new(Drc::new(cfg.limits.drc_entries, cfg.limits.drc_bytes));
+    let nsm_program = |n: &NsmParts| {
+        Box::new(nsm_service::NsmProgram {
+            core: n.core.clone(),
+            wake: n.wake.clone(),
+        })
+    };
     let mut d = new_dispatcher();
     d.register(Box::new(programs::NullOnly::nlm()));
     let separate_nsm = cfg.nsm_port.is_some_and(|p| p != cfg.nlm_port);
-    if !separate_nsm {
-        d.register(Box::new(programs::NullOnly::nsm()));
+    if let (false, Some(n)) = (separate_nsm, &nsm) {
+        d.register(nsm_program(n));
     }
     let nlm = server::serve(
         Arc::new(Mutex::new(d)),
@@ -128,10 +143,10 @@ async fn run(cfg: Config) -> Result<()> {
         limits,
     )
     .with_context(|| format!("binding the NLM port {}", cfg.nlm_port))?;
-    let nsm = match cfg.nsm_port.filter(|_| separate_nsm) {
-        Some(port) => {
+    let nsm_server = match (cfg.nsm_port.filter(|_| separate_nsm), &nsm) {
+        (Some(port), Some(n)) => {
             let mut d = new_dispatcher();
-            d.register(Box::new(programs::NullOnly::nsm()));
+            d.register(nsm_program(n));
             Some(
                 server::serve(
                     Arc::new(Mutex::new(d)),
@@ -142,9 +157,9 @@ async fn run(cfg: Config) -> Result<()> {
                 .with_context(|| format!("binding the NSM port {port}"))?,
             )
         }
-        None => None,
+        _ => None,
     };
-    let nsm_bound = nsm.as_ref().map_or(&nlm.bound, |s| &s.bound).clone();
+    let nsm_bound = nsm_server.as_ref().map_or(&nlm.bound, |s| &s.bound).clone();
     let nlm_bound = nlm.bound.clone();
     let regs = [
         (
@@ -161,7 +176,18 @@ async fn run(cfg: Config) -> Result<()> {
     for (prog, vers, bound) in regs {
         registrar.register(prog, vers, bound).await?;
     }
+    let driver = nsm.as_ref().map(|n| {
+        let d = Arc::new(nsm_service::Driver {
+            core: n.core.clone(),
+            wake: n.wake.clone(),
+            out: n.out.clone(),
+            local_rpcbind_port: cfg.rpcbind.port,
+            notify_timeout: Duration::from_millis(cfg.nsm.notify_timeout_ms),
+        });
+        tokio::spawn(d.run())
+    });
     tracing::info!(
+        nsm_state = nsm.as_ref().map(|n| nsm_service::lock(&n.core).state()),
         nlm = ?nlm_bound,
         nsm = ?nsm_bound,
         rpcbind = if registrar.is_embedded() { "embedded" } else if cfg.rpcbind.mode == RpcbindMode::None { "none" } else { "system" },
@@ -170,15 +196,62 @@ async fn run(cfg: Config) -> Result<()> {
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
-    for (prog, vers, bound) in regs {
+    for &(prog, vers, bound) in &regs {
         registrar.unregister(prog, vers, bound).await;
     }
+    if let Some(d) = driver {
+        d.abort();
+    }
     nlm.shutdown().await;
-    if let Some(n) = nsm {
+    if let Some(n) = nsm_server {
         n.shutdown().await;
     }
     registrar.shutdown().await;
     Ok(())
+}
+
+/// Latch's own status monitor, started (state bumped) and ready to serve.
+struct NsmParts {
+    core: nsm_service::Core,
+    wake: Arc<tokio::sync::Notify>,
+    out: Arc<nsm_service::Outbound>,
+}
+
+fn start_nsm(cfg: &Config) -> Result<Option<NsmParts>> {
+    if cfg.nsm.mode == config::NsmMode::System {
+        return Ok(None);
+    }
+    let dir = &cfg.nsm.state_dir;
+    let store = latch_nsm::FileStore::open(dir)
+        .with_context(|| format!("opening the NSM state in {}", dir.display()))?;
+    let names = if cfg.nsm.names.is_empty() {
+        vec![nsm_service::hostname()]
+    } else {
+        cfg.nsm
+            .names
+            .iter()
+            .map(|n| n.as_bytes().to_vec())
+            .collect()
+    };
+    let mcfg = latch_nsm::MonitorConfig {
+        names,
+        max_hosts: cfg.nsm.max_hosts,
+        notify_check: match cfg.nsm.notify_check {
+            config::NotifyCheckConfig::Address => latch_nsm::NotifyCheck::Address,
+            config::NotifyCheckConfig::Off => latch_nsm::NotifyCheck::Off,
+        },
+        ..latch_nsm::MonitorConfig::default()
+    };
+    let monitor = latch_nsm::Monitor::start(store, mcfg)
+        .with_context(|| format!("starting the status monitor in {}", dir.display()))?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    // The restart notifications queued at start.
+    wake.notify_one();
+    Ok(Some(NsmParts {
+        core: Arc::new(Mutex::new(monitor)),
+        wake,
+        out: Arc::new(nsm_service::Outbound::new().context("outgoing RPC socket")?),
+    }))
 }
 
 async fn wait_for_signal() -> Result<()> {

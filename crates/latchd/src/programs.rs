@@ -1,6 +1,5 @@
-//! The RPC programs latchd serves. For now NLM and NSM answer NULL (the
-//! ping clients and rpcinfo use); their procedures arrive with the NLM and
-//! NSM machines.
+//! The RPC programs latchd serves. For now NLM answers NULL (the ping
+//! clients and rpcinfo use); its procedures arrive with the NLM machine.
 
 use latch_oncrpc::{CallContext, Outcome, Program};
 use latch_xdr::Writer;
@@ -23,13 +22,6 @@ impl NullOnly {
         NullOnly {
             number: NLM_PROGRAM,
             versions: (1, 4),
-        }
-    }
-
-    pub fn nsm() -> Self {
-        NullOnly {
-            number: NSM_PROGRAM,
-            versions: (1, 1),
         }
     }
 }

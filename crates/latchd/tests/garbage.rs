@@ -33,7 +33,17 @@ fn start(limits: &str) -> Host {
     let cfg = dir.path().join("latchd.toml");
     std::fs::write(&cfg, format!("[limits]\n{limits}\n")).unwrap();
     let cfg = cfg.to_str().unwrap().to_string();
-    let mut d = ns.spawn_private_run(&[LATCHD, "--config", &cfg], &dir.path().join("latchd.log"));
+    let state = dir.path().join("nsm");
+    let mut d = ns.spawn_private_run(
+        &[
+            LATCHD,
+            "--config",
+            &cfg,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &dir.path().join("latchd.log"),
+    );
     wait_ready(&ns, nlm(), NLM, 4, &mut d);
     wait_ready(&ns, rpcb(), RPCBIND, 2, &mut d);
     Host { ns, d, _dir: dir }

@@ -70,7 +70,11 @@ fn assert_pings(ns: &Netns, host: &Daemon) {
 fn embedded_rpcbind_serves_rpcinfo_on_v4_v6_and_the_local_socket() {
     let ns = Netns::new();
     let dir = tempdir();
-    let mut d = ns.spawn_private_run(&[LATCHD], &dir.path().join("latchd.log"));
+    let state = dir.path().join("nsm");
+    let mut d = ns.spawn_private_run(
+        &[LATCHD, "--state-dir", state.to_str().unwrap()],
+        &dir.path().join("latchd.log"),
+    );
     wait_ready(&ns, "127.0.0.1:4045".parse().unwrap(), NLM, 4, &mut d);
     assert!(
         d.log_text().contains("no rpcbind found"),
@@ -186,7 +190,17 @@ fn registers_with_the_system_rpcbind_and_unregisters_on_sigterm() {
 fn system_mode_without_rpcbind_fails_clearly() {
     let ns = Netns::new();
     let dir = tempdir();
-    let mut d = ns.spawn_private_run(&[LATCHD, "--rpcbind", "system"], &dir.path().join("l.log"));
+    let state = dir.path().join("nsm");
+    let mut d = ns.spawn_private_run(
+        &[
+            LATCHD,
+            "--rpcbind",
+            "system",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &dir.path().join("l.log"),
+    );
     let st = d.child.wait().unwrap();
     assert!(!st.success());
     assert!(
