@@ -116,11 +116,26 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Gives processes started in this namespace their own /etc/hosts
+    /// (`ip netns exec` bind-mounts /etc/netns/NAME/hosts over it).
+    pub fn hosts(&self, entries: &[(&str, &str)]) {
+        let dir = PathBuf::from("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (ip, name) in entries {
+            text.push_str(&format!("{ip} {name}\n"));
+        }
+        std::fs::write(dir.join("hosts"), text).unwrap();
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
     }
 }
 
@@ -273,4 +288,139 @@ pub fn wait_ready(ns: &Netns, addr: SocketAddr, prog: u32, vers: u32, daemon: &m
 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
+}
+
+/// Connects two namespaces with a veth pair and gives each end an address
+/// (a /24), so that they are two hosts on one link.
+pub fn link(a: &Netns, b: &Netns, ip_a: &str, ip_b: &str) {
+    run_ok(Command::new("ip").args([
+        "link", "add", "veth0", "netns", &a.name, "type", "veth", "peer", "name", "veth0", "netns",
+        &b.name,
+    ]));
+    for (ns, ip) in [(a, ip_a), (b, ip_b)] {
+        run_ok(Command::new("ip").args([
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "veth0",
+        ]));
+        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "veth0", "up"]));
+    }
+}
+
+/// A UDP socket in `ns` on a reserved port of `ip` (servers such as
+/// rpcbind and statd trust local calls only from those).
+pub fn reserved_udp(ns: &Netns, ip: &str) -> UdpSocket {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    ns.enter(|| {
+        for port in (600..1024).rev() {
+            if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, port)) {
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                return s;
+            }
+        }
+        panic!("no reserved port free");
+    })
+}
+
+/// A call with retries (UDP may lose the first datagram while ARP resolves).
+pub fn udp_call_retry(s: &UdpSocket, to: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    for _ in 0..10 {
+        if let Some(r) = udp_call(s, to, msg) {
+            return r;
+        }
+    }
+    panic!("no answer from {to}");
+}
+
+/// The results of a successful reply.
+pub fn results(reply: &[u8]) -> &[u8] {
+    assert_eq!(accept_stat(reply), Some(0), "reply {reply:?}");
+    &reply[24..]
+}
+
+/// Registers `prog`/`vers` over UDP at `port` with the rpcbind of `ns`.
+pub fn rpcb_set(ns: &Netns, prog: u32, vers: u32, port: u16) {
+    let s = reserved_udp(ns, "127.0.0.1");
+    let mut args = vec![];
+    for w in [prog, vers, 17, u32::from(port)] {
+        args.extend_from_slice(&w.to_be_bytes());
+    }
+    let r = udp_call_retry(
+        &s,
+        "127.0.0.1:111".parse().unwrap(),
+        &call_bytes(0x5e7, 100_000, 2, 1, &args),
+    );
+    assert_eq!(results(&r), &[0, 0, 0, 1], "rpcbind SET refused");
+}
+
+/// The UDP port of `prog`/`vers` according to the rpcbind of `ns`.
+pub fn rpcb_getport(ns: &Netns, prog: u32, vers: u32) -> u16 {
+    let s = ns.udp();
+    let mut args = vec![];
+    for w in [prog, vers, 17, 0] {
+        args.extend_from_slice(&w.to_be_bytes());
+    }
+    let r = udp_call_retry(
+        &s,
+        "127.0.0.1:111".parse().unwrap(),
+        &call_bytes(0x9e7, 100_000, 2, 3, &args),
+    );
+    u16::try_from(u32::from_be_bytes(results(&r).try_into().unwrap())).unwrap()
+}
+
+/// A program that records the calls it gets and answers each with success
+/// (void): stands in for a lock manager's callback endpoint.
+pub struct Listener {
+    pub port: u16,
+    pub calls: std::sync::mpsc::Receiver<(u32, u32, Vec<u8>)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Listener {
+    pub fn start(ns: &Netns) -> Listener {
+        let s = ns.udp();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let port = s.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, from)) = s.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(call) = latch_oncrpc::msg::parse_call(&buf[..n]) else {
+                    continue;
+                };
+                let _ = tx.send((call.vers, call.proc_, call.args.to_vec()));
+                let mut w = latch_xdr::Writer::new();
+                latch_oncrpc::msg::write_accepted_prefix(&mut w, call.xid);
+                w.put_u32(0);
+                let _ = s.send_to(w.as_bytes(), from);
+            }
+        });
+        Listener {
+            port,
+            calls: rx,
+            stop,
+        }
+    }
+
+    /// The next call, waiting up to `secs`.
+    pub fn next(&self, secs: u64) -> Option<(u32, u32, Vec<u8>)> {
+        self.calls.recv_timeout(Duration::from_secs(secs)).ok()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
