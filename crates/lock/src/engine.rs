@@ -363,6 +363,12 @@ impl Engine {
         }
     }
 
+    /// Entries (held segments, blocked requests, shares, leases) of every
+    /// owner of `host`: zero when the host holds no state at all.
+    pub fn host_entries(&self, host: HostId) -> usize {
+        self.owners.host_entries(host)
+    }
+
     /// A blocked request by id.
     pub fn blocked(&self, id: RequestId) -> Option<BlockedRequest> {
         let &(fid, slot) = self.waiters.get(&id)?;

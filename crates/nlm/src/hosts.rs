@@ -1,0 +1,214 @@
+//! Client hosts. A host is its caller name *together with* the address it
+//! talks from: the same name from another address is another host, so
+//! nobody can unlock, cancel or free someone else's locks by sending their
+//! name. The names of hosts that hold state are kept on stable storage so
+//! that the grace period after a restart knows whom to wait for.
+
+use latch_lock::HostId;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub id: HostId,
+    /// The caller name as sent.
+    pub name: Vec<u8>,
+    pub ip: IpAddr,
+    /// The client's NSM state number from its last LOCK (0 = never told).
+    pub nsm_state: u32,
+    /// Whether we asked the status monitor to watch it.
+    pub monitored: bool,
+    pub last_active_ms: u64,
+}
+
+/// Names compare as DNS names do.
+pub fn name_key(name: &[u8]) -> Vec<u8> {
+    name.to_ascii_lowercase()
+}
+
+/// IPv4-mapped IPv6 addresses are their IPv4 selves.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Hosts {
+    by_key: HashMap<(Vec<u8>, IpAddr), HostId>,
+    by_id: BTreeMap<HostId, Host>,
+    next_id: u64,
+}
+
+impl Hosts {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn find(&self, name: &[u8], ip: IpAddr) -> Option<HostId> {
+        self.by_key.get(&(name_key(name), canonical(ip))).copied()
+    }
+
+    /// The host for (name, ip), created if there is room.
+    pub fn intern(&mut self, name: &[u8], ip: IpAddr, max: usize, now_ms: u64) -> Option<HostId> {
+        let ip = canonical(ip);
+        if let Some(id) = self.find(name, ip) {
+            if let Some(h) = self.by_id.get_mut(&id) {
+                h.last_active_ms = now_ms;
+            }
+            return Some(id);
+        }
+        if self.by_id.len() >= max {
+            return None;
+        }
+        self.next_id += 1;
+        let id = HostId(self.next_id);
+        self.by_key.insert((name_key(name), ip), id);
+        self.by_id.insert(
+            id,
+            Host {
+                id,
+                name: name.to_vec(),
+                ip,
+                nsm_state: 0,
+                monitored: false,
+                last_active_ms: now_ms,
+            },
+        );
+        Some(id)
+    }
+
+    pub fn get(&self, id: HostId) -> Option<&Host> {
+        self.by_id.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: HostId) -> Option<&mut Host> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// Every host with this name, from any address (a reboot notification
+    /// names the host, not the address).
+    pub fn named(&self, name: &[u8]) -> Vec<HostId> {
+        let k = name_key(name);
+        self.by_id
+            .values()
+            .filter(|h| name_key(&h.name) == k)
+            .map(|h| h.id)
+            .collect()
+    }
+
+    pub fn remove(&mut self, id: HostId) -> Option<Host> {
+        let h = self.by_id.remove(&id)?;
+        self.by_key.remove(&(name_key(&h.name), h.ip));
+        Some(h)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Host> {
+        self.by_id.values()
+    }
+}
+
+/// Stable storage for the names of hosts that hold state.
+pub trait HostStore: Send {
+    fn load(&mut self) -> std::io::Result<BTreeSet<Vec<u8>>>;
+    /// Replaces the list; returns once it is durable.
+    fn save(&mut self, names: &BTreeSet<Vec<u8>>) -> std::io::Result<()>;
+}
+
+/// One escaped name per line, written atomically.
+#[derive(Debug)]
+pub struct FileHostStore {
+    pub path: PathBuf,
+}
+
+impl HostStore for FileHostStore {
+    fn load(&mut self) -> std::io::Result<BTreeSet<Vec<u8>>> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(text
+                .lines()
+                .filter_map(latch_nsm::name::unescape)
+                .filter(|n| !n.is_empty())
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn save(&mut self, names: &BTreeSet<Vec<u8>>) -> std::io::Result<()> {
+        let mut text = String::new();
+        for n in names {
+            text.push_str(&latch_nsm::name::escape(n));
+            text.push('\n');
+        }
+        latch_nsm::store::write_atomic(&self.path, text.as_bytes())
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+/// An in-memory store shared with the test that made it.
+#[derive(Debug, Default, Clone)]
+pub struct MemHostStore {
+    pub names: Arc<Mutex<BTreeSet<Vec<u8>>>>,
+}
+
+impl HostStore for MemHostStore {
+    fn load(&mut self) -> std::io::Result<BTreeSet<Vec<u8>>> {
+        Ok(self
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone())
+    }
+
+    fn save(&mut self, names: &BTreeSet<Vec<u8>>) -> std::io::Result<()> {
+        *self.names.lock().unwrap_or_else(PoisonError::into_inner) = names.clone();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_name_other_address_is_another_host() {
+        let mut h = Hosts::default();
+        let a = h
+            .intern(b"Client", "10.0.0.1".parse().unwrap(), 10, 0)
+            .unwrap();
+        let b = h
+            .intern(b"client", "10.0.0.2".parse().unwrap(), 10, 0)
+            .unwrap();
+        let a2 = h
+            .intern(b"CLIENT", "::ffff:10.0.0.1".parse().unwrap(), 10, 0)
+            .unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, a2);
+        assert_eq!(h.named(b"client").len(), 2);
+        assert!(
+            h.intern(b"x", "10.0.0.3".parse().unwrap(), 2, 0).is_none(),
+            "bounded"
+        );
+    }
+
+    #[test]
+    fn the_file_store_round_trips_hostile_names() {
+        let dir = std::env::temp_dir().join(format!("latch-hosts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = FileHostStore {
+            path: dir.join("hosts"),
+        };
+        assert!(s.load().unwrap().is_empty());
+        let names: BTreeSet<Vec<u8>> = [b"a\nb".to_vec(), b"../x".to_vec(), vec![0, 255]].into();
+        s.save(&names).unwrap();
+        assert_eq!(s.load().unwrap(), names);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,365 @@
+//! The procedures: TEST, LOCK (and NM_LOCK), CANCEL, UNLOCK, SHARE,
+//! UNSHARE, FREE_ALL, and the status monitor's reboot callback.
+
+use crate::grants::BlockedInfo;
+use crate::hosts::name_key;
+use crate::proto::*;
+use crate::server::{Action, NlmServer};
+use latch_lock::{
+    Error, FileKey, HostId, LockAnswer, LockRequest, Mode, Owner, Range, RequestId, Share,
+    ShareAnswer, ShareBits, TestAnswer,
+};
+use latch_oncrpc::{CallContext, Outcome};
+use std::net::IpAddr;
+
+fn mode(exclusive: bool) -> Mode {
+    if exclusive {
+        Mode::Exclusive
+    } else {
+        Mode::Shared
+    }
+}
+
+fn range(l: &Lock) -> Range {
+    Range::from_offset_len(l.offset, l.len)
+}
+
+/// A held lock as NLM reports it.
+pub(crate) fn holder(h: &latch_lock::Holder) -> Holder {
+    Holder {
+        exclusive: h.mode == Mode::Exclusive,
+        svid: h.owner.svid,
+        oh: Netobj::from_slice(&h.owner.handle).unwrap_or_default(),
+        offset: h.range.start(),
+        len: h.range.len(),
+    }
+}
+
+impl NlmServer {
+    fn stale(&self, fh: &Netobj) -> bool {
+        self.fh_stale.as_ref().is_some_and(|f| f(fh.as_bytes()))
+    }
+
+    fn count(&mut self, stat: Stat) -> Stat {
+        let s = &mut self.stats;
+        match stat {
+            Stat::Granted => s.granted += 1,
+            Stat::Denied => s.denied += 1,
+            Stat::Blocked => s.blocked += 1,
+            Stat::Deadlock => s.deadlock += 1,
+            Stat::DeniedNolocks => s.nolocks += 1,
+            Stat::DeniedGracePeriod => s.grace_denied += 1,
+            _ => {}
+        }
+        stat
+    }
+
+    pub(crate) fn test(&mut self, peer: IpAddr, a: TestArgs, now: u64) -> TestRes {
+        let (stat, h) = self.test_inner(peer, &a, now);
+        TestRes {
+            cookie: a.cookie,
+            stat: self.count(stat),
+            holder: h,
+        }
+    }
+
+    fn test_inner(&mut self, peer: IpAddr, a: &TestArgs, now: u64) -> (Stat, Option<Holder>) {
+        if self.stale(&a.lock.fh) {
+            return (Stat::StaleFh, None);
+        }
+        self.grace.note_request(&a.lock.caller_name, false, now);
+        // TEST creates no state: an unknown host holds nothing, and its
+        // owner is compared by value against the holders.
+        let host = self
+            .hosts
+            .find(a.lock.caller_name.as_bytes(), peer)
+            .unwrap_or(HostId(0));
+        let owner = Owner::new(host, a.lock.svid, a.lock.oh.as_bytes());
+        let file = FileKey::new(a.lock.fh.as_bytes());
+        match self
+            .engine
+            .test(&file, &owner, range(&a.lock), mode(a.exclusive))
+        {
+            TestAnswer::Free => (Stat::Granted, None),
+            TestAnswer::Conflict(h) => (Stat::Denied, Some(holder(&h))),
+            TestAnswer::DeniedGrace => (Stat::DeniedGracePeriod, None),
+        }
+    }
+
+    /// LOCK, NM_LOCK (`nm`: never blocks, no monitoring) and LOCK_MSG
+    /// (`msg`: a later grant goes out as GRANTED_MSG by default).
+    pub(crate) fn lock(
+        &mut self,
+        peer: IpAddr,
+        a: LockArgs,
+        vers: u32,
+        nm: bool,
+        msg: bool,
+        now: u64,
+    ) -> Res {
+        let stat = self.lock_inner(peer, &a, vers, nm, msg, now);
+        Res {
+            cookie: a.cookie,
+            stat: self.count(stat),
+        }
+    }
+
+    fn lock_inner(
+        &mut self,
+        peer: IpAddr,
+        a: &LockArgs,
+        vers: u32,
+        nm: bool,
+        msg: bool,
+        now: u64,
+    ) -> Stat {
+        if self.stale(&a.lock.fh) {
+            return Stat::StaleFh;
+        }
+        let name = a.lock.caller_name.as_bytes();
+        let Some(host) = self.hosts.intern(name, peer, self.cfg.max_hosts, now) else {
+            return Stat::DeniedNolocks;
+        };
+        if !nm {
+            self.check_reboot(host, a.state, now);
+        }
+        self.grace.note_request(&a.lock.caller_name, a.reclaim, now);
+        let owner = Owner::new(host, a.lock.svid, a.lock.oh.as_bytes());
+        let file = FileKey::new(a.lock.fh.as_bytes());
+        let id = RequestId(self.next_request);
+        let req = LockRequest {
+            file: &file,
+            owner: &owner,
+            range: range(&a.lock),
+            mode: mode(a.exclusive),
+            block: a.block && !nm,
+            reclaim: a.reclaim,
+            id: Some(id),
+        };
+        let reply = match self.engine.lock(&req, now) {
+            Ok(r) => r,
+            Err(Error::NoLocks(_)) => return Stat::DeniedNolocks,
+            Err(Error::BadRequestId(_)) => return Stat::DeniedNolocks,
+        };
+        let stat = match reply.answer {
+            LockAnswer::Granted => Stat::Granted,
+            LockAnswer::Blocked(bid) => {
+                if bid == id {
+                    self.next_request += 1;
+                }
+                let info = BlockedInfo {
+                    host,
+                    to: peer,
+                    vers,
+                    msg,
+                    exclusive: a.exclusive,
+                    lock: a.lock.clone(),
+                };
+                self.grants.blocked.insert(bid, info);
+                Stat::Blocked
+            }
+            LockAnswer::Denied(_) => Stat::Denied,
+            LockAnswer::Deadlock => Stat::Deadlock,
+            LockAnswer::DeniedGrace => Stat::DeniedGracePeriod,
+        };
+        self.deliver(reply.events, now);
+        if matches!(stat, Stat::Granted | Stat::Blocked) {
+            self.note_state(host, !nm);
+        }
+        stat
+    }
+
+    /// A LOCK carrying a newer NSM state than we knew means the client
+    /// rebooted without telling us: its old locks go first.
+    fn check_reboot(&mut self, host: HostId, state: u32, now: u64) {
+        let Some(h) = self.hosts.get_mut(host) else {
+            return;
+        };
+        let known = h.nsm_state;
+        if state == 0 || state == known {
+            return;
+        }
+        h.nsm_state = state;
+        if known != 0 && state > known {
+            self.stats.reboots_detected += 1;
+            self.release_host(host, now);
+        }
+    }
+
+    /// The host now holds state: ask the monitor to watch it (once per
+    /// host, off the request path), and make its name durable before we
+    /// answer, so a restart's grace period waits for it.
+    pub(crate) fn note_state(&mut self, host: HostId, monitor: bool) {
+        let Some(h) = self.hosts.get_mut(host) else {
+            return;
+        };
+        let name = h.name.clone();
+        if monitor && !h.monitored {
+            h.monitored = true;
+            self.push(Action::Monitor { name: name.clone() });
+        }
+        if !self.saved.contains(&name_key(&name)) {
+            self.persist_hosts();
+        }
+    }
+
+    pub(crate) fn cancel(&mut self, peer: IpAddr, a: CancArgs, now: u64) -> Res {
+        let stat = self.cancel_inner(peer, &a, now);
+        Res {
+            cookie: a.cookie,
+            stat: self.count(stat),
+        }
+    }
+
+    /// Cancelling something we do not know answers `granted` (as Linux
+    /// does): the request is not waiting, which is what the client wants.
+    /// A request granted but not yet acknowledged is undone: the client
+    /// gave up on it before it heard of the grant.
+    fn cancel_inner(&mut self, peer: IpAddr, a: &CancArgs, now: u64) -> Stat {
+        let Some(host) = self.hosts.find(a.lock.caller_name.as_bytes(), peer) else {
+            return Stat::Granted;
+        };
+        let owner = Owner::new(host, a.lock.svid, a.lock.oh.as_bytes());
+        let file = FileKey::new(a.lock.fh.as_bytes());
+        let (r, m) = (range(&a.lock), mode(a.exclusive));
+        if let Some(id) = self.engine.find_waiter(&file, &owner, r, m) {
+            let reply = self.engine.cancel(id);
+            self.grants.blocked.remove(&id);
+            self.deliver(reply.events, now);
+        } else if self
+            .grants
+            .take_unacked(host, &a.lock, a.exclusive)
+            .is_some()
+        {
+            if let Ok(reply) = self.engine.unlock(&file, &owner, r) {
+                self.deliver(reply.events, now);
+            }
+        }
+        Stat::Granted
+    }
+
+    pub(crate) fn unlock(&mut self, peer: IpAddr, a: UnlockArgs, now: u64) -> Res {
+        let stat = self.unlock_inner(peer, &a, now);
+        Res {
+            cookie: a.cookie,
+            stat: self.count(stat),
+        }
+    }
+
+    /// Unlocking what is not held answers `granted`. Allowed during grace:
+    /// letting go can only help the reclaimers.
+    fn unlock_inner(&mut self, peer: IpAddr, a: &UnlockArgs, now: u64) -> Stat {
+        if self.stale(&a.lock.fh) {
+            return Stat::StaleFh;
+        }
+        let Some(host) = self.hosts.find(a.lock.caller_name.as_bytes(), peer) else {
+            return Stat::Granted;
+        };
+        let owner = Owner::new(host, a.lock.svid, a.lock.oh.as_bytes());
+        let file = FileKey::new(a.lock.fh.as_bytes());
+        match self.engine.unlock(&file, &owner, range(&a.lock)) {
+            Ok(reply) => {
+                self.deliver(reply.events, now);
+                Stat::Granted
+            }
+            // Splitting a lock needs one more entry than the host may have.
+            Err(_) => Stat::DeniedNolocks,
+        }
+    }
+
+    pub(crate) fn share(&mut self, peer: IpAddr, a: ShareArgs, now: u64) -> ShareRes {
+        let stat = self.share_inner(peer, &a, now);
+        ShareRes {
+            cookie: a.cookie,
+            stat: self.count(stat),
+            sequence: 0,
+        }
+    }
+
+    fn share_inner(&mut self, peer: IpAddr, a: &ShareArgs, now: u64) -> Stat {
+        let s = &a.share;
+        if self.stale(&s.fh) {
+            return Stat::StaleFh;
+        }
+        let (Some(access), Some(deny)) =
+            (ShareBits::from_wire(s.access), ShareBits::from_wire(s.mode))
+        else {
+            return Stat::Failed;
+        };
+        let Some(host) = self
+            .hosts
+            .intern(s.caller_name.as_bytes(), peer, self.cfg.max_hosts, now)
+        else {
+            return Stat::DeniedNolocks;
+        };
+        self.grace.note_request(&s.caller_name, a.reclaim, now);
+        // Shares have no svid: the owner is the host and the owner handle.
+        let owner = Owner::new(host, 0, s.oh.as_bytes());
+        let file = FileKey::new(s.fh.as_bytes());
+        let reply = match self
+            .engine
+            .share(&file, &owner, Share { access, deny }, a.reclaim, now)
+        {
+            Ok(r) => r,
+            Err(_) => return Stat::DeniedNolocks,
+        };
+        self.deliver(reply.events, now);
+        match reply.answer {
+            ShareAnswer::Granted => {
+                self.note_state(host, true);
+                Stat::Granted
+            }
+            ShareAnswer::Denied => Stat::Denied,
+            ShareAnswer::DeniedGrace => Stat::DeniedGracePeriod,
+        }
+    }
+
+    pub(crate) fn unshare(&mut self, peer: IpAddr, a: ShareArgs, now: u64) -> ShareRes {
+        let s = &a.share;
+        if let Some(host) = self.hosts.find(s.caller_name.as_bytes(), peer) {
+            let owner = Owner::new(host, 0, s.oh.as_bytes());
+            let reply = self.engine.unshare(&FileKey::new(s.fh.as_bytes()), &owner);
+            self.deliver(reply.events, now);
+        }
+        ShareRes {
+            cookie: a.cookie,
+            stat: self.count(Stat::Granted),
+            sequence: 0,
+        }
+    }
+
+    /// FREE_ALL: the client's own lock manager says it lost everything.
+    /// Only the host at the sender's address is affected.
+    pub(crate) fn free_all(&mut self, peer: IpAddr, a: FreeAllArgs, now: u64) {
+        let name = a.name.as_bytes();
+        if let Some(host) = self.hosts.find(name, peer) {
+            self.release_host(host, now);
+        }
+        self.grace.host_gone(name);
+    }
+
+    /// The status monitor's reboot callback (SM_NOTIFY relayed to us). Only
+    /// a local status monitor may make it; it frees every host of that name.
+    pub(crate) fn sm_notify(&mut self, ctx: &CallContext<'_>, s: SmStatus, now: u64) -> Outcome {
+        if !ctx.is_local() {
+            return Outcome::NoReply;
+        }
+        let name = s.mon_name.as_bytes();
+        for host in self.hosts.named(name) {
+            self.stats.reboots_detected += 1;
+            self.release_host(host, now);
+            if let Some(h) = self.hosts.get_mut(host) {
+                h.nsm_state = s.state;
+            }
+        }
+        self.grace.host_gone(name);
+        Outcome::Reply
+    }
+
+    /// Everything of `host` goes; waiters it blocked are granted.
+    pub(crate) fn release_host(&mut self, host: HostId, now: u64) {
+        let reply = self.engine.release_host(host);
+        self.grants.forget_host(host);
+        self.deliver(reply.events, now);
+    }
+}

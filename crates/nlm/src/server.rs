@@ -1,0 +1,400 @@
+//! The NLM server, sans-IO: decoded calls in, replies and [`Action`]s out.
+//!
+//! The machine owns the lock engine, the host table, the blocked requests
+//! waiting for a GRANTED callback, and the grace period. It never waits:
+//! callbacks, asynchronous `_RES` answers and status-monitor requests leave
+//! as actions for the I/O shell, which reports what became of them
+//! ([`NlmServer::call_result`]) and calls [`NlmServer::tick`] to drive
+//! retries and timeouts.
+
+use crate::grace::Grace;
+use crate::grants::Grants;
+use crate::hosts::{HostStore, Hosts};
+use crate::proto::{self, *};
+use latch_lock::{Engine, Limits, RequestId};
+use latch_oncrpc::{CallContext, Outcome, Program};
+use latch_xdr::Writer;
+use std::collections::{BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Which callback tells a client its blocked lock was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantedStyle {
+    /// GRANTED_MSG to clients that asked with LOCK_MSG, GRANTED otherwise
+    /// (the default, and what Linux and FreeBSD servers do).
+    Auto,
+    Sync,
+    Msg,
+}
+
+/// What to do with a granted lock whose client never acknowledges the
+/// GRANTED callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unacknowledged {
+    /// Keep it: the client's retransmitted LOCK is answered `granted` (the
+    /// default: dropping a lock a client may believe it holds is worse).
+    Keep,
+    /// Release it after the last retry.
+    Release,
+}
+
+#[derive(Debug, Clone)]
+pub struct NlmConfig {
+    /// Our name, sent as the caller name in GRANTED callbacks.
+    pub our_name: Vec<u8>,
+    pub max_hosts: usize,
+    pub grace_ms: u64,
+    /// A host that reclaimed and then stayed quiet this long is done.
+    pub reclaim_settle_ms: u64,
+    pub granted_style: GrantedStyle,
+    pub granted_retry_first_ms: u64,
+    pub granted_retry_max_ms: u64,
+    pub granted_tries_max: u32,
+    pub unacknowledged: Unacknowledged,
+    /// A host without state this long is unmonitored and forgotten.
+    pub host_idle_ms: u64,
+    pub limits: Limits,
+    /// Bound on queued actions (the shell drains them continuously).
+    pub max_actions: usize,
+}
+
+impl Default for NlmConfig {
+    fn default() -> Self {
+        NlmConfig {
+            our_name: b"localhost".to_vec(),
+            max_hosts: 4096,
+            grace_ms: 45_000,
+            reclaim_settle_ms: 2_000,
+            granted_style: GrantedStyle::Auto,
+            granted_retry_first_ms: 500,
+            granted_retry_max_ms: 8_000,
+            granted_tries_max: 10,
+            unacknowledged: Unacknowledged::Keep,
+            host_idle_ms: 60_000,
+            limits: Limits::default(),
+            max_actions: 65_536,
+        }
+    }
+}
+
+/// Work for the I/O shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Call NLM `vers`/`proc_` on the client at `to` (its NLM port, found
+    /// through its rpcbind). With `grant: Some(id)`, report the outcome with
+    /// [`NlmServer::call_result`].
+    Call {
+        to: IpAddr,
+        vers: u32,
+        proc_: u32,
+        args: Vec<u8>,
+        grant: Option<RequestId>,
+    },
+    /// Ask the status monitor to watch `name` (SM_MON).
+    Monitor { name: Vec<u8> },
+    /// Ask the status monitor to stop watching `name` (SM_UNMON).
+    Unmonitor { name: Vec<u8> },
+}
+
+/// Counters for the metrics page.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NlmStats {
+    pub calls: [u64; 24],
+    pub granted: u64,
+    pub denied: u64,
+    pub blocked: u64,
+    pub deadlock: u64,
+    pub nolocks: u64,
+    pub grace_denied: u64,
+    pub callbacks_sent: u64,
+    pub callbacks_retried: u64,
+    pub callbacks_abandoned: u64,
+    pub reboots_detected: u64,
+    pub actions_dropped: u64,
+}
+
+/// Rejects a file handle as stale (v4 answers `stale_fh`).
+pub type FhCheck = Box<dyn Fn(&[u8]) -> bool + Send>;
+
+pub struct NlmServer {
+    pub(crate) cfg: NlmConfig,
+    pub(crate) engine: Engine,
+    pub(crate) hosts: Hosts,
+    pub(crate) grants: Grants,
+    pub(crate) grace: Grace,
+    pub(crate) store: Box<dyn HostStore>,
+    /// Names of hosts holding state, as last saved.
+    pub(crate) saved: BTreeSet<Vec<u8>>,
+    pub(crate) actions: VecDeque<Action>,
+    pub(crate) epoch: Instant,
+    pub(crate) fh_stale: Option<FhCheck>,
+    pub(crate) next_request: u64,
+    pub stats: NlmStats,
+}
+
+impl NlmServer {
+    /// Starts the server at `now`. If the store lists hosts that held locks
+    /// before, the grace period begins: only reclaims are accepted until
+    /// every one of them has reclaimed or gone, or `grace_ms` passes.
+    pub fn new(
+        cfg: NlmConfig,
+        mut store: Box<dyn HostStore>,
+        now: Instant,
+    ) -> std::io::Result<Self> {
+        let before = store.load()?;
+        let mut engine = Engine::new(cfg.limits);
+        let grace = Grace::start(&before, cfg.grace_ms, cfg.reclaim_settle_ms);
+        engine.set_grace(grace.active());
+        Ok(NlmServer {
+            cfg,
+            engine,
+            hosts: Hosts::default(),
+            grants: Grants::default(),
+            grace,
+            store,
+            saved: before,
+            actions: VecDeque::new(),
+            epoch: now,
+            fh_stale: None,
+            next_request: 1,
+            stats: NlmStats::default(),
+        })
+    }
+
+    /// Installs the stale-handle check.
+    pub fn set_fh_check(&mut self, check: FhCheck) {
+        self.fh_stale = Some(check);
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
+    }
+
+    /// Grants waiting for the client's acknowledgement.
+    pub fn pending_grants(&self) -> usize {
+        self.grants.pending_len()
+    }
+
+    pub fn in_grace(&self) -> bool {
+        self.grace.active()
+    }
+
+    /// Ends the grace period now (the operator's `latch grace --end`).
+    pub fn end_grace(&mut self) {
+        self.grace.end();
+        self.engine.set_grace(false);
+    }
+
+    pub(crate) fn ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        self.actions.drain(..).collect()
+    }
+
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
+    pub(crate) fn push(&mut self, a: Action) {
+        if self.actions.len() >= self.cfg.max_actions {
+            self.stats.actions_dropped += 1;
+            return;
+        }
+        self.actions.push_back(a);
+    }
+
+    /// Drives time: callback retries, the grace period, idle hosts, lease
+    /// deadlines. Call it every few hundred milliseconds.
+    pub fn tick(&mut self, now: Instant) {
+        let now_ms = self.ms(now);
+        self.retry_grants(now_ms);
+        if self.grace.tick(now_ms) {
+            self.engine.set_grace(false);
+            self.persist_hosts();
+        }
+        let expired = self.engine.expire_leases(now_ms);
+        self.deliver(expired.events, now_ms);
+        self.forget_idle_hosts(now_ms);
+    }
+
+    /// Hosts idle and without state: unmonitored and forgotten.
+    fn forget_idle_hosts(&mut self, now_ms: u64) {
+        let idle: Vec<_> = self
+            .hosts
+            .iter()
+            .filter(|h| {
+                now_ms.saturating_sub(h.last_active_ms) >= self.cfg.host_idle_ms
+                    && self.engine.host_entries(h.id) == 0
+                    && !self.grants.involves(h.id)
+            })
+            .map(|h| h.id)
+            .collect();
+        for id in idle {
+            if let Some(h) = self.hosts.remove(id) {
+                if h.monitored && self.hosts.named(&h.name).is_empty() {
+                    self.push(Action::Unmonitor { name: h.name });
+                }
+            }
+        }
+        self.persist_hosts();
+    }
+
+    /// Saves the names of hosts holding state if they changed. New names are
+    /// saved at once (see `note_state`); removals can wait for a tick.
+    pub(crate) fn persist_hosts(&mut self) {
+        let mut now: BTreeSet<Vec<u8>> = self
+            .hosts
+            .iter()
+            .filter(|h| self.engine.host_entries(h.id) > 0)
+            .map(|h| crate::hosts::name_key(&h.name))
+            .collect();
+        // During grace, hosts that have not come back yet still count.
+        now.extend(self.grace.waiting_names());
+        if now != self.saved && self.store.save(&now).is_ok() {
+            self.saved = now;
+        }
+    }
+}
+
+/// The procedures a version serves.
+fn served(vers: u32, proc_: u32) -> bool {
+    match vers {
+        NLM_SM_VERSION => proc_ == NLM_SM_NOTIFY,
+        1 | 2 => proc_ <= SM_NOTIFY,
+        3 | 4 => proc_ <= SM_NOTIFY || (SHARE..=FREE_ALL).contains(&proc_),
+        _ => false,
+    }
+}
+
+impl Program for NlmServer {
+    fn number(&self) -> u32 {
+        proto::PROGRAM
+    }
+
+    fn versions(&self) -> (u32, u32) {
+        (NLM_SM_VERSION, 4)
+    }
+
+    fn is_cached(&self, _vers: u32, proc_: u32) -> bool {
+        matches!(
+            proc_,
+            LOCK | CANCEL | UNLOCK | TEST_MSG..=UNLOCK_MSG | SHARE | UNSHARE | NM_LOCK | FREE_ALL
+        )
+    }
+
+    fn call(&mut self, ctx: &CallContext<'_>, args: &[u8], res: &mut Writer) -> Outcome {
+        if !served(ctx.vers, ctx.proc_) {
+            return Outcome::ProcUnavail;
+        }
+        if let Some(c) = self.stats.calls.get_mut(ctx.proc_ as usize) {
+            *c += 1;
+        }
+        // Version 2 is version 1 on the wire.
+        let vers = if ctx.vers == 2 { 1 } else { ctx.vers };
+        let now = self.ms(ctx.now);
+        match self.dispatch(ctx, vers, args, res, now) {
+            Ok(o) => o,
+            Err(_) => Outcome::GarbageArgs,
+        }
+    }
+}
+
+impl NlmServer {
+    fn dispatch(
+        &mut self,
+        ctx: &CallContext<'_>,
+        vers: u32,
+        args: &[u8],
+        res: &mut Writer,
+        now: u64,
+    ) -> latch_xdr::Result<Outcome> {
+        let peer = ctx.peer.ip();
+        if vers == NLM_SM_VERSION {
+            return Ok(self.sm_notify(ctx, decode(args, vers)?, now));
+        }
+        match ctx.proc_ {
+            NULL => {}
+            TEST => self
+                .test(peer, decode(args, vers)?, now)
+                .encode_v(res, vers),
+            LOCK | NM_LOCK => {
+                let nm = ctx.proc_ == NM_LOCK;
+                self.lock(peer, decode(args, vers)?, vers, nm, false, now)
+                    .encode_v(res, vers)
+            }
+            CANCEL => self
+                .cancel(peer, decode(args, vers)?, now)
+                .encode_v(res, vers),
+            UNLOCK => self
+                .unlock(peer, decode(args, vers)?, now)
+                .encode_v(res, vers),
+            // We are a server: nobody grants us anything.
+            GRANTED => {
+                let a: TestArgs = decode(args, vers)?;
+                Res {
+                    cookie: a.cookie,
+                    stat: Stat::Denied,
+                }
+                .encode_v(res, vers)
+            }
+            TEST_MSG => {
+                let r = self.test(peer, decode(args, vers)?, now);
+                self.answer(peer, vers, TEST_RES, encode(&r, vers));
+            }
+            LOCK_MSG => {
+                let r = self.lock(peer, decode(args, vers)?, vers, false, true, now);
+                self.answer(peer, vers, LOCK_RES, encode(&r, vers));
+            }
+            CANCEL_MSG => {
+                let r = self.cancel(peer, decode(args, vers)?, now);
+                self.answer(peer, vers, CANCEL_RES, encode(&r, vers));
+            }
+            UNLOCK_MSG => {
+                let r = self.unlock(peer, decode(args, vers)?, now);
+                self.answer(peer, vers, UNLOCK_RES, encode(&r, vers));
+            }
+            GRANTED_MSG => {
+                let a: TestArgs = decode(args, vers)?;
+                let r = Res {
+                    cookie: a.cookie,
+                    stat: Stat::Denied,
+                };
+                self.answer(peer, vers, GRANTED_RES, encode(&r, vers));
+            }
+            GRANTED_RES => {
+                let r: Res = decode(args, vers)?;
+                self.granted_res(&r.cookie, r.stat, now);
+            }
+            // Answers to calls we never make as a server: accepted, ignored.
+            TEST_RES..=UNLOCK_RES => {}
+            SM_NOTIFY => return Ok(self.sm_notify(ctx, decode(args, vers)?, now)),
+            SHARE => self
+                .share(peer, decode(args, vers)?, now)
+                .encode_v(res, vers),
+            UNSHARE => self
+                .unshare(peer, decode(args, vers)?, now)
+                .encode_v(res, vers),
+            FREE_ALL => self.free_all(peer, decode(args, vers)?, now),
+            _ => return Ok(Outcome::ProcUnavail),
+        }
+        Ok(Outcome::Reply)
+    }
+
+    /// Queues an asynchronous answer (`*_RES`) to the client at `to`.
+    fn answer(&mut self, to: IpAddr, vers: u32, proc_: u32, args: Vec<u8>) {
+        self.push(Action::Call {
+            to,
+            vers,
+            proc_,
+            args,
+            grant: None,
+        });
+    }
+}

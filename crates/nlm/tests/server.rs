@@ -1,0 +1,675 @@
+//! The NLM server machine through the RPC dispatcher (so the duplicate
+//! request cache is in the path), with virtual time.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use latch_nlm::proto::*;
+use latch_nlm::{Action, MemHostStore, NlmConfig, NlmServer};
+use latch_oncrpc::client::encode_call;
+use latch_oncrpc::drc::Drc;
+use latch_oncrpc::msg::{self, Credential, Xid};
+use latch_oncrpc::{Dispatcher, Transport};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A dispatcher around a shared server, plus a virtual clock.
+struct Rig {
+    d: Dispatcher,
+    srv: Arc<Mutex<NlmServer>>,
+    t0: Instant,
+    now: Duration,
+    xid: u32,
+}
+
+/// Lets the dispatcher own a handle while the test keeps one.
+struct Shared(Arc<Mutex<NlmServer>>);
+
+impl latch_oncrpc::Program for Shared {
+    fn number(&self) -> u32 {
+        PROGRAM
+    }
+    fn versions(&self) -> (u32, u32) {
+        self.0.lock().unwrap().versions()
+    }
+    fn is_cached(&self, v: u32, p: u32) -> bool {
+        self.0.lock().unwrap().is_cached(v, p)
+    }
+    fn call(
+        &mut self,
+        ctx: &latch_oncrpc::CallContext<'_>,
+        args: &[u8],
+        res: &mut latch_xdr::Writer,
+    ) -> latch_oncrpc::Outcome {
+        self.0.lock().unwrap().call(ctx, args, res)
+    }
+}
+
+const A: &str = "10.0.0.1:1001";
+const B: &str = "10.0.0.2:1002";
+const C: &str = "10.0.0.3:1003";
+
+impl Rig {
+    fn new(cfg: NlmConfig, store: MemHostStore) -> Rig {
+        let t0 = Instant::now();
+        let srv = Arc::new(Mutex::new(
+            NlmServer::new(cfg, Box::new(store), t0).unwrap(),
+        ));
+        let mut d = Dispatcher::new(Drc::new(256, 1 << 20));
+        d.register(Box::new(Shared(srv.clone())));
+        Rig {
+            d,
+            srv,
+            t0,
+            now: Duration::ZERO,
+            xid: 1,
+        }
+    }
+
+    fn default() -> Rig {
+        Rig::new(NlmConfig::default(), MemHostStore::default())
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += Duration::from_millis(ms);
+        let now = self.t0 + self.now;
+        self.srv.lock().unwrap().tick(now);
+    }
+
+    fn raw(&mut self, from: &str, xid: u32, vers: u32, proc_: u32, args: &[u8]) -> Option<Vec<u8>> {
+        let bytes = encode_call(Xid(xid), PROGRAM, vers, proc_, &Credential::None, args);
+        let now = self.t0 + self.now;
+        self.d
+            .handle(from.parse().unwrap(), None, Transport::Udp, &bytes, now, 0)
+    }
+
+    fn call(&mut self, from: &str, vers: u32, proc_: u32, args: &[u8]) -> Vec<u8> {
+        self.xid += 1;
+        let r = self
+            .raw(from, self.xid, vers, proc_, args)
+            .expect("a reply");
+        msg::parse_reply(&r).unwrap().result.unwrap().to_vec()
+    }
+
+    fn lock(&mut self, from: &str, vers: u32, a: &LockArgs) -> Stat {
+        decode::<Res>(&self.call(from, vers, LOCK, &encode(a, vers)), vers)
+            .unwrap()
+            .stat
+    }
+
+    fn unlock(&mut self, from: &str, vers: u32, l: &Lock) -> Stat {
+        let a = UnlockArgs {
+            cookie: cookie(b"u"),
+            lock: l.clone(),
+        };
+        decode::<Res>(&self.call(from, vers, UNLOCK, &encode(&a, vers)), vers)
+            .unwrap()
+            .stat
+    }
+
+    fn test(&mut self, from: &str, vers: u32, l: &Lock, excl: bool) -> TestRes {
+        let a = TestArgs {
+            cookie: cookie(b"t"),
+            exclusive: excl,
+            lock: l.clone(),
+        };
+        decode::<TestRes>(&self.call(from, vers, TEST, &encode(&a, vers)), vers).unwrap()
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        self.srv.lock().unwrap().take_actions()
+    }
+
+    fn calls(
+        &mut self,
+    ) -> Vec<(
+        std::net::IpAddr,
+        u32,
+        Vec<u8>,
+        Option<latch_lock::RequestId>,
+    )> {
+        self.actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Call {
+                    to,
+                    proc_,
+                    args,
+                    grant,
+                    ..
+                } => Some((to, proc_, args, grant)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn cookie(b: &[u8]) -> Netobj {
+    Netobj::from_slice(b).unwrap()
+}
+
+fn lk(host: &str, svid: u32, fh: &[u8], offset: u64, len: u64) -> Lock {
+    Lock {
+        caller_name: Name::from_text(host).unwrap(),
+        fh: Netobj::from_slice(fh).unwrap(),
+        oh: Netobj::from_slice(format!("{host}-{svid}").as_bytes()).unwrap(),
+        svid,
+        offset,
+        len,
+    }
+}
+
+fn la(l: &Lock, excl: bool, block: bool) -> LockArgs {
+    LockArgs {
+        cookie: cookie(b"cookie-1"),
+        block,
+        exclusive: excl,
+        lock: l.clone(),
+        reclaim: false,
+        state: 0,
+    }
+}
+
+fn ip(s: &str) -> std::net::IpAddr {
+    s.parse::<SocketAddr>().unwrap().ip()
+}
+
+#[test]
+fn test_lock_unlock_in_every_version_with_the_cookie_echoed() {
+    for vers in [1, 2, 3, 4] {
+        let mut r = Rig::default();
+        let a = lk("a", 1, b"f", 0, 10);
+        let b = lk("b", 2, b"f", 5, 10);
+        let res = r.call(A, vers, LOCK, &encode(&la(&a, true, false), vers));
+        let res: Res = decode(&res, vers).unwrap();
+        assert_eq!(
+            (res.stat, res.cookie.as_bytes()),
+            (Stat::Granted, &b"cookie-1"[..])
+        );
+        assert_eq!(r.lock(B, vers, &la(&b, true, false)), Stat::Denied);
+        let t = r.test(B, vers, &b, false);
+        assert_eq!((t.stat, t.cookie.as_bytes()), (Stat::Denied, &b"t"[..]));
+        let h = t.holder.unwrap();
+        assert_eq!((h.exclusive, h.svid, h.offset, h.len), (true, 1, 0, 10));
+        assert_eq!(h.oh.as_bytes(), b"a-1");
+        assert_eq!(r.unlock(A, vers, &a), Stat::Granted);
+        assert_eq!(r.test(B, vers, &b, true).stat, Stat::Granted);
+        assert_eq!(r.lock(B, vers, &la(&b, true, false)), Stat::Granted);
+        // Unlocking what is not held is fine.
+        assert_eq!(r.unlock(A, vers, &a), Stat::Granted);
+    }
+}
+
+#[test]
+fn v1_reports_wide_holders_clipped_and_never_v4_codes() {
+    let mut r = Rig::default();
+    let wide = lk("a", 1, b"f", 10, 1 << 40);
+    assert_eq!(r.lock(A, 4, &la(&wide, true, false)), Stat::Granted);
+    let t = r.test(B, 1, &lk("b", 2, b"f", 0, 0), true);
+    let h = t.holder.unwrap();
+    assert_eq!((h.offset, h.len), (10, 0), "reaches past 2^32: to end");
+    r.srv
+        .lock()
+        .unwrap()
+        .set_fh_check(Box::new(|fh| fh == b"stale"));
+    let s = lk("b", 2, b"stale", 0, 1);
+    assert_eq!(r.lock(B, 4, &la(&s, true, false)), Stat::StaleFh);
+    assert_eq!(r.lock(B, 1, &la(&s, true, false)), Stat::Denied);
+    assert_eq!(r.lock(B, 3, &la(&s, true, false)), Stat::Denied);
+}
+
+#[test]
+fn a_blocked_lock_is_granted_by_callback_and_the_retransmission_answers_granted() {
+    let mut r = Rig::default();
+    let a = lk("a", 1, b"f", 0, 0);
+    let b = lk("b", 2, b"f", 0, 100);
+    assert_eq!(r.lock(A, 4, &la(&a, true, false)), Stat::Granted);
+    assert_eq!(r.lock(B, 4, &la(&b, true, true)), Stat::Blocked);
+    // A retransmission (new xid) does not queue a second waiter.
+    assert_eq!(r.lock(B, 4, &la(&b, true, true)), Stat::Blocked);
+    assert_eq!(r.srv.lock().unwrap().engine().stats().waiters, 1);
+    r.actions();
+    assert_eq!(r.unlock(A, 4, &a), Stat::Granted);
+    let calls = r.calls();
+    assert_eq!(calls.len(), 1, "exactly one callback");
+    let (to, proc_, args, grant) = calls[0].clone();
+    assert_eq!((to, proc_), (ip(B), GRANTED));
+    let g: TestArgs = decode(&args, 4).unwrap();
+    assert_eq!(
+        (g.lock.svid, g.lock.offset, g.lock.len, g.exclusive),
+        (2, 0, 100, true)
+    );
+    assert_eq!(g.lock.fh.as_bytes(), b"f");
+    // The callback is lost: it is sent again after the backoff.
+    r.srv
+        .lock()
+        .unwrap()
+        .call_result(grant.unwrap(), None, r.t0 + r.now);
+    r.advance(100);
+    assert!(r.calls().is_empty(), "not before the backoff");
+    r.advance(1000);
+    let again = r.calls();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].2, args, "the same callback, same cookie");
+    // Meanwhile the client's own retransmitted LOCK finds it granted.
+    assert_eq!(r.lock(B, 4, &la(&b, true, true)), Stat::Granted);
+    r.srv
+        .lock()
+        .unwrap()
+        .call_result(grant.unwrap(), Some(Stat::Granted), r.t0 + r.now);
+    assert_eq!(r.srv.lock().unwrap().pending_grants(), 0);
+    r.advance(60_000);
+    assert!(r.calls().is_empty(), "acknowledged: no more callbacks");
+}
+
+#[test]
+fn a_client_that_refuses_the_grant_gives_the_lock_back() {
+    let mut r = Rig::default();
+    let a = lk("a", 1, b"f", 0, 0);
+    assert_eq!(r.lock(A, 4, &la(&a, true, false)), Stat::Granted);
+    assert_eq!(
+        r.lock(B, 4, &la(&lk("b", 2, b"f", 0, 0), true, true)),
+        Stat::Blocked
+    );
+    assert_eq!(
+        r.lock(C, 4, &la(&lk("c", 3, b"f", 0, 0), true, true)),
+        Stat::Blocked
+    );
+    r.actions();
+    r.unlock(A, 4, &a);
+    let (_, _, _, grant) = r.calls()[0].clone();
+    r.srv
+        .lock()
+        .unwrap()
+        .call_result(grant.unwrap(), Some(Stat::Denied), r.t0 + r.now);
+    // B's lock went to C.
+    let calls = r.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].0, ip(C));
+}
+
+#[test]
+fn cancel_racing_with_the_grant_undoes_it() {
+    let mut r = Rig::default();
+    let a = lk("a", 1, b"f", 0, 0);
+    let b = lk("b", 2, b"f", 0, 0);
+    r.lock(A, 4, &la(&a, true, false));
+    assert_eq!(r.lock(B, 4, &la(&b, true, true)), Stat::Blocked);
+    r.unlock(A, 4, &a);
+    assert_eq!(r.calls().len(), 1, "GRANTED on its way to B");
+    // B gave up before it heard: CANCEL crosses the callback.
+    let c = CancArgs {
+        cookie: cookie(b"c"),
+        block: true,
+        exclusive: true,
+        lock: b.clone(),
+    };
+    let res: Res = decode(&r.call(B, 4, CANCEL, &encode(&c, 4)), 4).unwrap();
+    assert_eq!(res.stat, Stat::Granted);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Granted,
+        "not held by B"
+    );
+    // Cancelling something unknown also answers granted.
+    let res: Res = decode(&r.call(C, 4, CANCEL, &encode(&c, 4)), 4).unwrap();
+    assert_eq!(res.stat, Stat::Granted);
+    // A plain cancel of a waiter.
+    r.lock(A, 4, &la(&a, true, false));
+    assert_eq!(r.lock(B, 4, &la(&b, true, true)), Stat::Blocked);
+    r.call(B, 4, CANCEL, &encode(&c, 4));
+    r.actions();
+    r.unlock(A, 4, &a);
+    assert!(r.calls().is_empty(), "no grant for a cancelled waiter");
+}
+
+#[test]
+fn deadlock_between_two_clients_is_refused_at_once() {
+    let mut r = Rig::default();
+    let a1 = lk("a", 1, b"f", 0, 9);
+    let b1 = lk("b", 2, b"f", 10, 19);
+    r.lock(A, 4, &la(&a1, true, false));
+    r.lock(B, 4, &la(&b1, true, false));
+    assert_eq!(
+        r.lock(A, 4, &la(&lk("a", 1, b"f", 10, 5), true, true)),
+        Stat::Blocked
+    );
+    assert_eq!(
+        r.lock(B, 4, &la(&lk("b", 2, b"f", 0, 5), true, true)),
+        Stat::Deadlock
+    );
+}
+
+#[test]
+fn async_msg_flows_answer_by_call_and_match_by_cookie() {
+    let mut r = Rig::default();
+    let a = lk("a", 1, b"f", 0, 0);
+    let b = lk("b", 2, b"f", 0, 0);
+    r.lock(A, 4, &la(&a, true, false));
+    let m = r.call(B, 4, LOCK_MSG, &encode(&la(&b, true, true), 4));
+    assert!(m.is_empty(), "void reply to the _MSG call");
+    let calls = r.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!((calls[0].0, calls[0].1), (ip(B), LOCK_RES));
+    let res: Res = decode(&calls[0].2, 4).unwrap();
+    assert_eq!(
+        (res.stat, res.cookie.as_bytes()),
+        (Stat::Blocked, &b"cookie-1"[..])
+    );
+    // TEST_MSG too.
+    let t = TestArgs {
+        cookie: cookie(b"tm"),
+        exclusive: true,
+        lock: b.clone(),
+    };
+    r.call(B, 4, TEST_MSG, &encode(&t, 4));
+    let calls = r.calls();
+    let tr: TestRes = decode(&calls[0].2, 4).unwrap();
+    assert_eq!(
+        (calls[0].1, tr.stat, tr.cookie.as_bytes()),
+        (TEST_RES, Stat::Denied, &b"tm"[..])
+    );
+    // The grant goes out as GRANTED_MSG; GRANTED_RES with its cookie ends it.
+    r.unlock(A, 4, &a);
+    let calls = r.calls();
+    assert_eq!(calls[0].1, GRANTED_MSG);
+    assert_eq!(calls[0].3, None, "no reply expected");
+    let g: TestArgs = decode(&calls[0].2, 4).unwrap();
+    r.advance(600);
+    assert_eq!(r.calls().len(), 1, "retried until GRANTED_RES");
+    let ack = Res {
+        cookie: g.cookie.clone(),
+        stat: Stat::Granted,
+    };
+    r.call(B, 4, GRANTED_RES, &encode(&ack, 4));
+    r.advance(60_000);
+    assert!(r.calls().is_empty());
+    // UNLOCK_MSG and CANCEL_MSG answer by call as well.
+    let u = UnlockArgs {
+        cookie: cookie(b"um"),
+        lock: b.clone(),
+    };
+    r.call(B, 4, UNLOCK_MSG, &encode(&u, 4));
+    assert_eq!(r.calls()[0].1, UNLOCK_RES);
+    let c = CancArgs {
+        cookie: cookie(b"cm"),
+        block: true,
+        exclusive: true,
+        lock: b,
+    };
+    r.call(B, 4, CANCEL_MSG, &encode(&c, 4));
+    assert_eq!(r.calls()[0].1, CANCEL_RES);
+}
+
+#[test]
+fn a_retransmission_after_a_state_change_gets_the_original_answer() {
+    let mut r = Rig::default();
+    let a = lk("a", 1, b"f", 0, 0);
+    let b = lk("b", 2, b"f", 0, 0);
+    let args = encode(&la(&b, true, false), 4);
+    r.lock(A, 4, &la(&a, true, false));
+    let first = r.raw(B, 777, 4, LOCK, &args).unwrap();
+    r.unlock(A, 4, &a);
+    // The same request (same xid) again: the cached "denied", byte for byte,
+    // although it would now be granted.
+    let again = r.raw(B, 777, 4, LOCK, &args).unwrap();
+    assert_eq!(first, again);
+    let res: Res = decode(msg::parse_reply(&again).unwrap().result.unwrap(), 4).unwrap();
+    assert_eq!(res.stat, Stat::Denied);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Granted,
+        "and B got nothing"
+    );
+}
+
+#[test]
+fn shares_conflict_by_access_and_deny_and_unshare_releases() {
+    let mut r = Rig::default();
+    let sh = |host: &str, access: u32, mode: u32| ShareArgs {
+        cookie: cookie(b"s"),
+        share: ShareLock {
+            caller_name: Name::from_text(host).unwrap(),
+            fh: Netobj::from_slice(b"f").unwrap(),
+            oh: Netobj::from_slice(host.as_bytes()).unwrap(),
+            mode,
+            access,
+        },
+        reclaim: false,
+    };
+    let share = |r: &mut Rig, from, a: &ShareArgs, p| {
+        decode::<ShareRes>(&r.call(from, 3, p, &encode(a, 3)), 3)
+            .unwrap()
+            .stat
+    };
+    // A reads and denies writers.
+    assert_eq!(share(&mut r, A, &sh("a", 1, 2), SHARE), Stat::Granted);
+    assert_eq!(
+        share(&mut r, B, &sh("b", 2, 0), SHARE),
+        Stat::Denied,
+        "B wants to write"
+    );
+    assert_eq!(
+        share(&mut r, B, &sh("b", 1, 0), SHARE),
+        Stat::Granted,
+        "B reads"
+    );
+    assert_eq!(
+        share(&mut r, C, &sh("c", 1, 1), SHARE),
+        Stat::Denied,
+        "C denies readers"
+    );
+    assert_eq!(share(&mut r, A, &sh("a", 1, 2), UNSHARE), Stat::Granted);
+    assert_eq!(share(&mut r, B, &sh("b", 1, 0), UNSHARE), Stat::Granted);
+    assert_eq!(share(&mut r, C, &sh("c", 1, 1), SHARE), Stat::Granted);
+    // Version 1 has no SHARE.
+    let reply = r
+        .raw(A, 9999, 1, SHARE, &encode(&sh("a", 1, 0), 1))
+        .unwrap();
+    assert_eq!(
+        msg::parse_reply(&reply).unwrap().result,
+        Err(latch_oncrpc::RpcError::ProcUnavail)
+    );
+}
+
+#[test]
+fn free_all_frees_only_the_host_at_the_senders_address() {
+    let mut r = Rig::default();
+    let a = lk("a", 1, b"f", 0, 0);
+    r.lock(A, 4, &la(&a, true, false));
+    let fa = FreeAllArgs {
+        name: latch_xdr::XdrString::from_text("a").unwrap(),
+        state: 5,
+    };
+    r.call(B, 4, FREE_ALL, &encode(&fa, 4));
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Denied,
+        "B cannot free A"
+    );
+    r.call(A, 4, FREE_ALL, &encode(&fa, 4));
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Granted
+    );
+}
+
+#[test]
+fn a_lock_with_a_newer_nsm_state_drops_the_clients_old_locks() {
+    let mut r = Rig::default();
+    let old = lk("a", 1, b"f1", 0, 0);
+    let mut args = la(&old, true, false);
+    args.state = 3;
+    assert_eq!(r.lock(A, 4, &args), Stat::Granted);
+    // The client rebooted (state 5) and locks another file.
+    let mut new = la(&lk("a", 9, b"f2", 0, 0), true, false);
+    new.state = 5;
+    assert_eq!(r.lock(A, 4, &new), Stat::Granted);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f1", 0, 0), true).stat,
+        Stat::Granted,
+        "old lock gone"
+    );
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f2", 0, 0), true).stat,
+        Stat::Denied,
+        "new lock held"
+    );
+    assert_eq!(r.srv.lock().unwrap().stats.reboots_detected, 1);
+}
+
+#[test]
+fn the_monitor_is_asked_once_per_host_and_never_for_nm_lock() {
+    let mut r = Rig::default();
+    r.lock(A, 4, &la(&lk("a", 1, b"f", 0, 1), true, false));
+    r.lock(A, 4, &la(&lk("a", 2, b"g", 0, 1), true, false));
+    let nm = la(&lk("n", 1, b"h", 0, 1), true, true);
+    let res: Res = decode(&r.call(B, 4, NM_LOCK, &encode(&nm, 4)), 4).unwrap();
+    assert_eq!(res.stat, Stat::Granted);
+    let mons: Vec<_> = r
+        .actions()
+        .into_iter()
+        .filter(|a| matches!(a, Action::Monitor { .. }))
+        .collect();
+    assert_eq!(
+        mons,
+        vec![Action::Monitor {
+            name: b"a".to_vec()
+        }]
+    );
+    // NM_LOCK never blocks.
+    let res: Res = decode(
+        &r.call(
+            C,
+            4,
+            NM_LOCK,
+            &encode(&la(&lk("c", 1, b"h", 0, 1), true, true), 4),
+        ),
+        4,
+    )
+    .unwrap();
+    assert_eq!(res.stat, Stat::Denied);
+    // Idle and lockless: unmonitored.
+    r.unlock(A, 4, &lk("a", 1, b"f", 0, 1));
+    r.unlock(A, 4, &lk("a", 2, b"g", 0, 1));
+    r.advance(61_000);
+    assert!(r.actions().contains(&Action::Unmonitor {
+        name: b"a".to_vec()
+    }));
+}
+
+#[test]
+fn the_status_monitor_callback_frees_a_rebooted_host_only_from_loopback() {
+    let mut r = Rig::default();
+    r.lock(A, 4, &la(&lk("a", 1, b"f", 0, 0), true, false));
+    let st = SmStatus {
+        mon_name: Name::from_text("a").unwrap(),
+        state: 7,
+        priv_: Default::default(),
+    };
+    assert!(
+        r.raw(B, 5000, 3, SM_NOTIFY, &encode(&st, 3)).is_none(),
+        "from the network: ignored"
+    );
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Denied
+    );
+    r.call("127.0.0.1:700", 3, SM_NOTIFY, &encode(&st, 3));
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Granted
+    );
+    // FreeBSD's form: version 0, procedure 1.
+    r.lock(A, 4, &la(&lk("a", 1, b"f", 0, 0), true, false));
+    r.call("127.0.0.1:700", 0, 1, &encode(&st, 0));
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Granted
+    );
+}
+
+#[test]
+fn grace_accepts_only_reclaims_and_ends_when_every_host_is_back() {
+    let store = MemHostStore::default();
+    store
+        .names
+        .lock()
+        .unwrap()
+        .extend([b"a".to_vec(), b"b".to_vec()]);
+    let cfg = NlmConfig {
+        grace_ms: 30_000,
+        reclaim_settle_ms: 1000,
+        ..NlmConfig::default()
+    };
+    let mut r = Rig::new(cfg, store.clone());
+    let a = lk("a", 1, b"f", 0, 0);
+    assert!(r.srv.lock().unwrap().in_grace());
+    assert_eq!(r.test(C, 4, &a, true).stat, Stat::DeniedGracePeriod);
+    assert_eq!(
+        r.lock(C, 4, &la(&lk("c", 1, b"g", 0, 0), true, false)),
+        Stat::DeniedGracePeriod
+    );
+    let mut re = la(&a, true, false);
+    re.reclaim = true;
+    assert_eq!(r.lock(A, 4, &re), Stat::Granted);
+    r.advance(500);
+    assert!(r.srv.lock().unwrap().in_grace(), "b has not come back");
+    // b reboots meanwhile and says so: it will hold nothing.
+    let fa = FreeAllArgs {
+        name: latch_xdr::XdrString::from_text("b").unwrap(),
+        state: 1,
+    };
+    r.call(B, 4, FREE_ALL, &encode(&fa, 4));
+    r.advance(600);
+    assert!(
+        !r.srv.lock().unwrap().in_grace(),
+        "a settled and b is gone: grace over early"
+    );
+    assert_eq!(
+        r.lock(C, 4, &la(&lk("c", 1, b"f", 0, 0), true, false)),
+        Stat::Denied,
+        "a's reclaimed lock holds"
+    );
+    assert_eq!(*store.names.lock().unwrap(), [b"a".to_vec()].into());
+}
+
+#[test]
+fn grace_ends_at_its_timeout_and_without_previous_hosts_there_is_none() {
+    let store = MemHostStore::default();
+    store.names.lock().unwrap().insert(b"gone".to_vec());
+    let cfg = NlmConfig {
+        grace_ms: 5_000,
+        ..NlmConfig::default()
+    };
+    let mut r = Rig::new(cfg, store);
+    r.advance(4_000);
+    assert!(r.srv.lock().unwrap().in_grace());
+    r.advance(1_100);
+    assert!(!r.srv.lock().unwrap().in_grace());
+    assert!(!Rig::default().srv.lock().unwrap().in_grace());
+}
+
+#[test]
+fn limits_answer_denied_nolocks() {
+    let cfg = NlmConfig {
+        max_hosts: 1,
+        ..NlmConfig::default()
+    };
+    let mut r = Rig::new(cfg, MemHostStore::default());
+    assert_eq!(
+        r.lock(A, 4, &la(&lk("a", 1, b"f", 0, 1), true, false)),
+        Stat::Granted
+    );
+    assert_eq!(
+        r.lock(B, 4, &la(&lk("b", 1, b"f", 5, 1), true, false)),
+        Stat::DeniedNolocks
+    );
+    // An oversized string is garbage at the XDR layer.
+    let mut big = encode(&la(&lk("a", 1, b"f", 0, 1), true, false), 4);
+    big[20..24].copy_from_slice(&2000u32.to_be_bytes()); // caller_name longer than LM_MAXSTRLEN
+    let reply = r.raw(A, 4242, 4, LOCK, &big).unwrap();
+    assert_eq!(
+        msg::parse_reply(&reply).unwrap().result,
+        Err(latch_oncrpc::RpcError::GarbageArgs)
+    );
+}
