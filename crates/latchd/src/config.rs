@@ -30,10 +30,63 @@ pub struct Config {
     pub nlm_port: u16,
     /// NSM port; absent means NSM is served on the NLM sockets.
     pub nsm_port: Option<u16>,
+    /// Where the NSM state number and monitor list (`nsm/`) and the NLM's
+    /// list of hosts holding locks (`nlm-hosts`) live.
+    pub state_dir: std::path::PathBuf,
     pub rpcbind: RpcbindConfig,
+    pub nlm: NlmConfig,
     pub nsm: NsmConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantedStyleConfig {
+    Auto,
+    Sync,
+    Msg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnacknowledgedConfig {
+    Keep,
+    Release,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NlmConfig {
+    /// Length of the grace period after a restart; it ends early once
+    /// every host that held locks has reclaimed or gone.
+    pub grace_ms: u64,
+    /// GRANTED callbacks: "auto" (GRANTED_MSG for clients that used
+    /// LOCK_MSG, GRANTED otherwise), "sync" or "msg".
+    pub granted_style: GrantedStyleConfig,
+    /// A grant the client never acknowledges: "keep" the lock (the client's
+    /// retransmitted LOCK is answered granted) or "release" it.
+    pub unacknowledged: UnacknowledgedConfig,
+    pub granted_tries_max: u32,
+    pub max_hosts: usize,
+    /// Held locks, blocked requests and shares per client host.
+    pub max_locks_per_host: usize,
+    /// Blocked requests queued on one file.
+    pub max_waiters_per_file: usize,
+}
+
+impl Default for NlmConfig {
+    fn default() -> Self {
+        NlmConfig {
+            grace_ms: 45_000,
+            granted_style: GrantedStyleConfig::Auto,
+            unacknowledged: UnacknowledgedConfig::Keep,
+            granted_tries_max: 10,
+            max_hosts: 4096,
+            max_locks_per_host: 1 << 16,
+            max_waiters_per_file: 1024,
+        }
+    }
 }
 
 /// Which status monitor the host uses.
@@ -60,8 +113,6 @@ pub enum NotifyCheckConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct NsmConfig {
     pub mode: NsmMode,
-    /// Where the state number and the monitor list live.
-    pub state_dir: std::path::PathBuf,
     /// Names announced in SM_NOTIFY after a restart; empty: the host name.
     /// Several for the floating addresses of HA setups.
     pub names: Vec<String>,
@@ -75,7 +126,6 @@ impl Default for NsmConfig {
     fn default() -> Self {
         NsmConfig {
             mode: NsmMode::Latch,
-            state_dir: "/var/lib/latch/nsm".into(),
             names: Vec::new(),
             notify_check: NotifyCheckConfig::Address,
             // sm-notify's own bound: 15 minutes.
@@ -130,7 +180,9 @@ impl Default for Config {
             ],
             nlm_port: 4045,
             nsm_port: None,
+            state_dir: "/var/lib/latch".into(),
             rpcbind: RpcbindConfig::default(),
+            nlm: NlmConfig::default(),
             nsm: NsmConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),

@@ -1,6 +1,7 @@
 //! latchd: the Latch lock manager daemon.
 
 mod config;
+mod nlm_service;
 mod nsm_service;
 mod portmap;
 mod programs;
@@ -37,7 +38,7 @@ struct Args {
     /// Override `rpcbind.port`.
     #[arg(long)]
     rpcbind_port: Option<u16>,
-    /// Override `nsm.state_dir`.
+    /// Override `state_dir`.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Parse the configuration, print it, and exit.
@@ -67,7 +68,7 @@ fn load(args: &Args) -> Result<Config> {
         cfg.rpcbind.port = p;
     }
     if let Some(d) = &args.state_dir {
-        cfg.nsm.state_dir = d.clone();
+        cfg.state_dir = d.clone();
     }
     Ok(cfg)
 }
@@ -130,8 +131,14 @@ async fn run(cfg: Config) -> Result<()> {
             wake: n.wake.clone(),
         })
     };
+    let outbound = Arc::new(nsm_service::Outbound::new().context("outgoing RPC socket")?);
+    let nlm_core = start_nlm(&cfg)?;
+    let nlm_wake = Arc::new(tokio::sync::Notify::new());
     let mut d = new_dispatcher();
-    d.register(Box::new(programs::NullOnly::nlm()));
+    d.register(Box::new(nlm_service::NlmProgram {
+        core: nlm_core.clone(),
+        wake: nlm_wake.clone(),
+    }));
     let separate_nsm = cfg.nsm_port.is_some_and(|p| p != cfg.nlm_port);
     if let (false, Some(n)) = (separate_nsm, &nsm) {
         d.register(nsm_program(n));
@@ -180,14 +187,24 @@ async fn run(cfg: Config) -> Result<()> {
         let d = Arc::new(nsm_service::Driver {
             core: n.core.clone(),
             wake: n.wake.clone(),
-            out: n.out.clone(),
+            out: outbound.clone(),
             local_rpcbind_port: cfg.rpcbind.port,
             notify_timeout: Duration::from_millis(cfg.nsm.notify_timeout_ms),
         });
         tokio::spawn(d.run())
     });
+    let nlm_driver = tokio::spawn(
+        Arc::new(nlm_service::Driver::new(
+            nlm_core.clone(),
+            nlm_wake,
+            outbound.clone(),
+            cfg.rpcbind.port,
+        ))
+        .run(),
+    );
     tracing::info!(
         nsm_state = nsm.as_ref().map(|n| nsm_service::lock(&n.core).state()),
+        grace = nlm_service::lock(&nlm_core).in_grace(),
         nlm = ?nlm_bound,
         nsm = ?nsm_bound,
         rpcbind = if registrar.is_embedded() { "embedded" } else if cfg.rpcbind.mode == RpcbindMode::None { "none" } else { "system" },
@@ -202,6 +219,7 @@ async fn run(cfg: Config) -> Result<()> {
     if let Some(d) = driver {
         d.abort();
     }
+    nlm_driver.abort();
     nlm.shutdown().await;
     if let Some(n) = nsm_server {
         n.shutdown().await;
@@ -214,14 +232,47 @@ async fn run(cfg: Config) -> Result<()> {
 struct NsmParts {
     core: nsm_service::Core,
     wake: Arc<tokio::sync::Notify>,
-    out: Arc<nsm_service::Outbound>,
+}
+
+/// The NLM server, in grace if hosts held locks before our restart.
+fn start_nlm(cfg: &Config) -> Result<nlm_service::Core> {
+    let n = &cfg.nlm;
+    let ncfg = latch_nlm::NlmConfig {
+        our_name: nsm_service::hostname(),
+        max_hosts: n.max_hosts,
+        grace_ms: n.grace_ms,
+        granted_style: match n.granted_style {
+            config::GrantedStyleConfig::Auto => latch_nlm::GrantedStyle::Auto,
+            config::GrantedStyleConfig::Sync => latch_nlm::GrantedStyle::Sync,
+            config::GrantedStyleConfig::Msg => latch_nlm::GrantedStyle::Msg,
+        },
+        unacknowledged: match n.unacknowledged {
+            config::UnacknowledgedConfig::Keep => latch_nlm::Unacknowledged::Keep,
+            config::UnacknowledgedConfig::Release => latch_nlm::Unacknowledged::Release,
+        },
+        granted_tries_max: n.granted_tries_max,
+        limits: latch_lock::Limits {
+            entries_per_host: n.max_locks_per_host,
+            waiters_per_file: n.max_waiters_per_file,
+            ..latch_lock::Limits::default()
+        },
+        ..latch_nlm::NlmConfig::default()
+    };
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let store = latch_nlm::FileHostStore {
+        path: cfg.state_dir.join("nlm-hosts"),
+    };
+    let server = latch_nlm::NlmServer::new(ncfg, Box::new(store), std::time::Instant::now())
+        .with_context(|| format!("reading {}", cfg.state_dir.join("nlm-hosts").display()))?;
+    Ok(Arc::new(Mutex::new(server)))
 }
 
 fn start_nsm(cfg: &Config) -> Result<Option<NsmParts>> {
     if cfg.nsm.mode == config::NsmMode::System {
         return Ok(None);
     }
-    let dir = &cfg.nsm.state_dir;
+    let dir = &cfg.state_dir.join("nsm");
     let store = latch_nsm::FileStore::open(dir)
         .with_context(|| format!("opening the NSM state in {}", dir.display()))?;
     let names = if cfg.nsm.names.is_empty() {
@@ -250,7 +301,6 @@ fn start_nsm(cfg: &Config) -> Result<Option<NsmParts>> {
     Ok(Some(NsmParts {
         core: Arc::new(Mutex::new(monitor)),
         wake,
-        out: Arc::new(nsm_service::Outbound::new().context("outgoing RPC socket")?),
     }))
 }
 

@@ -70,6 +70,10 @@ impl Outbound {
         Ok(o)
     }
 
+    pub fn v4(&self) -> &RpcClient {
+        &self.v4
+    }
+
     pub fn for_ip(&self, ip: IpAddr) -> Option<&RpcClient> {
         if ip.is_ipv4() {
             Some(&self.v4)

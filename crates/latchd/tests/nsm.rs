@@ -42,7 +42,7 @@ fn latchd(ns: &Netns, dir: &Path, extra_cfg: &str) -> Daemon {
         format!("[nsm]\nnames = [\"{SERVER_IP}\"]\nnotify_timeout_ms = 20000\n{extra_cfg}\n"),
     )
     .unwrap();
-    let state = dir.join("nsm");
+    let state = dir;
     let mut d = ns.spawn_private_run(
         &[
             LATCHD,
@@ -378,7 +378,10 @@ fn sigkill_at_random_points_loses_nothing_promised() {
             assert!(
                 on_disk.contains(h),
                 "round {round}: {h} was promised but lost; log: {:?} disk {on_disk:?}",
-                log.iter().filter(|(x, _, _)| x == h).map(|(_, u, r)| (*u, r.as_ref().map(|r| results(r).to_vec()))).collect::<Vec<_>>()
+                log.iter()
+                    .filter(|(x, _, _)| x == h)
+                    .map(|(_, u, r)| (*u, r.as_ref().map(|r| results(r).to_vec())))
+                    .collect::<Vec<_>>()
             );
         }
     }

@@ -1,0 +1,263 @@
+//! Drives the sans-IO NLM server: serves it as program 100021, and carries
+//! out its actions (GRANTED callbacks, `_RES` answers, status-monitor
+//! requests) in tasks of their own, so one slow client stalls nobody.
+
+use crate::nsm_service::Outbound;
+use latch_io::portmap::getport;
+use latch_io::CallError;
+use latch_nlm::proto::{self, Res};
+use latch_nlm::{Action, NlmServer};
+use latch_nsm::proto as sm;
+use latch_oncrpc::{CallContext, Outcome, Program, RpcError};
+use latch_xdr::{FixedOpaque, Writer, XdrString};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+
+pub type Core = Arc<Mutex<NlmServer>>;
+
+pub fn lock(core: &Core) -> std::sync::MutexGuard<'_, NlmServer> {
+    core.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The server as an RPC program; wakes the driver when a call left work.
+pub struct NlmProgram {
+    pub core: Core,
+    pub wake: Arc<Notify>,
+}
+
+impl Program for NlmProgram {
+    fn number(&self) -> u32 {
+        proto::PROGRAM
+    }
+
+    fn versions(&self) -> (u32, u32) {
+        lock(&self.core).versions()
+    }
+
+    fn is_cached(&self, vers: u32, proc_: u32) -> bool {
+        lock(&self.core).is_cached(vers, proc_)
+    }
+
+    fn call(&mut self, ctx: &CallContext<'_>, args: &[u8], res: &mut Writer) -> Outcome {
+        let mut s = lock(&self.core);
+        let out = s.call(ctx, args, res);
+        if s.has_actions() {
+            self.wake.notify_one();
+        }
+        out
+    }
+}
+
+/// Where clients' NLM listens, remembered briefly so that a callback costs
+/// one round trip, not two.
+#[derive(Default)]
+struct PortCache {
+    ports: HashMap<(IpAddr, u32), (u16, Instant)>,
+}
+
+const PORT_TTL: Duration = Duration::from_secs(30);
+const PORT_CACHE_MAX: usize = 4096;
+
+pub struct Driver {
+    pub core: Core,
+    pub wake: Arc<Notify>,
+    pub out: Arc<Outbound>,
+    pub local_rpcbind_port: u16,
+    ports: Mutex<PortCache>,
+}
+
+const MAX_IN_FLIGHT: usize = 256;
+const TICK: Duration = Duration::from_millis(100);
+
+impl Driver {
+    pub fn new(core: Core, wake: Arc<Notify>, out: Arc<Outbound>, local_rpcbind_port: u16) -> Self {
+        Driver {
+            core,
+            wake,
+            out,
+            local_rpcbind_port,
+            ports: Mutex::new(PortCache::default()),
+        }
+    }
+
+    pub async fn run(self: Arc<Self>) {
+        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            let actions = {
+                let mut s = lock(&self.core);
+                s.tick(Instant::now());
+                s.take_actions()
+            };
+            for a in actions {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.carry_out(a).await;
+                    drop(permit);
+                });
+            }
+            let _ = tokio::time::timeout(TICK, self.wake.notified()).await;
+        }
+    }
+
+    async fn carry_out(&self, a: Action) {
+        match a {
+            Action::Call {
+                to,
+                vers,
+                proc_,
+                args,
+                grant,
+            } => {
+                let r = self.call_client(to, vers, proc_, &args).await;
+                if let Some(id) = grant {
+                    let stat = r
+                        .ok()
+                        .and_then(|res| proto::decode::<Res>(&res, vers).ok())
+                        .map(|r| r.stat);
+                    let mut s = lock(&self.core);
+                    s.call_result(id, stat, Instant::now());
+                    if s.has_actions() {
+                        self.wake.notify_one();
+                    }
+                }
+            }
+            Action::Monitor { name } => self.monitor(&name, sm::SM_MON).await,
+            Action::Unmonitor { name } => self.monitor(&name, sm::SM_UNMON).await,
+        }
+    }
+
+    async fn port_of(&self, ip: IpAddr, vers: u32) -> Result<u16, CallError> {
+        if let Some((p, at)) = self.ports_lock().ports.get(&(ip, vers)) {
+            if at.elapsed() < PORT_TTL {
+                return Ok(*p);
+            }
+        }
+        let c = self
+            .out
+            .for_ip(ip)
+            .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
+        let port = getport(
+            c,
+            ip,
+            latch_oncrpc::rpcbind::PORT,
+            proto::PROGRAM,
+            vers,
+            false,
+        )
+        .await?
+        .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
+        let mut cache = self.ports_lock();
+        if cache.ports.len() >= PORT_CACHE_MAX {
+            cache.ports.clear();
+        }
+        cache.ports.insert((ip, vers), (port, Instant::now()));
+        Ok(port)
+    }
+
+    fn ports_lock(&self) -> std::sync::MutexGuard<'_, PortCache> {
+        self.ports.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One call to a client's NLM over UDP (the machine does the retrying).
+    async fn call_client(
+        &self,
+        ip: IpAddr,
+        vers: u32,
+        proc_: u32,
+        args: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        let port = self.port_of(ip, vers).await?;
+        let c = self
+            .out
+            .for_ip(ip)
+            .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
+        let r = c
+            .call(
+                Some(SocketAddr::new(ip, port)),
+                proto::PROGRAM,
+                vers,
+                proc_,
+                args,
+            )
+            .await;
+        if r.is_err() {
+            // The client may have restarted on another port.
+            self.ports_lock().ports.remove(&(ip, vers));
+        }
+        r
+    }
+
+    /// SM_MON or SM_UNMON `name` at the local status monitor, asking it to
+    /// call NLM version 3 procedure 16 back (what rpc.statd accepts).
+    async fn monitor(&self, name: &[u8], proc_: u32) {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let id = sm::MonId {
+            mon_name: XdrString::new(name.to_vec()).unwrap_or_default(),
+            my_id: sm::MyId {
+                my_name: XdrString::from_text("localhost").unwrap_or_default(),
+                my_prog: proto::PROGRAM,
+                my_vers: 3,
+                my_proc: proto::SM_NOTIFY,
+            },
+        };
+        let args = if proc_ == sm::SM_MON {
+            latch_xdr::to_bytes(&sm::Mon {
+                mon_id: id,
+                priv_: FixedOpaque([0; 16]),
+            })
+        } else {
+            latch_xdr::to_bytes(&id)
+        };
+        for attempt in 0..5u32 {
+            let r: Result<(), CallError> = async {
+                let port = getport(
+                    &self.out_v4(),
+                    lo,
+                    self.local_rpcbind_port,
+                    sm::PROGRAM,
+                    sm::VERSION,
+                    false,
+                )
+                .await?
+                .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
+                let res = self
+                    .out_v4()
+                    .call(
+                        Some(SocketAddr::new(lo, port)),
+                        sm::PROGRAM,
+                        sm::VERSION,
+                        proc_,
+                        &args,
+                    )
+                    .await?;
+                if proc_ == sm::SM_MON {
+                    let r: sm::SmStatRes =
+                        latch_xdr::from_bytes(&res).map_err(|_| CallError::Malformed)?;
+                    if r.res_stat != sm::STAT_SUCC {
+                        return Err(CallError::Rpc(RpcError::SystemErr));
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            match r {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(host = %String::from_utf8_lossy(name), attempt, error = %e, "status monitor request failed");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        tracing::warn!(host = %String::from_utf8_lossy(name), "the status monitor did not take the request; the host's reboot will not free its locks");
+    }
+
+    fn out_v4(&self) -> &latch_io::RpcClient {
+        self.out.v4()
+    }
+}
