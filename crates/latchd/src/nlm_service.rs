@@ -217,7 +217,7 @@ impl Driver {
         for attempt in 0..5u32 {
             let r: Result<(), CallError> = async {
                 let port = getport(
-                    &self.out_v4(),
+                    self.out_v4(),
                     lo,
                     self.local_rpcbind_port,
                     sm::PROGRAM,
