@@ -168,19 +168,20 @@ async fn run(cfg: Config) -> Result<()> {
     };
     let nsm_bound = nsm_server.as_ref().map_or(&nlm.bound, |s| &s.bound).clone();
     let nlm_bound = nlm.bound.clone();
-    let regs = [
-        (
-            programs::NLM_PROGRAM,
-            &programs::NLM_VERSIONS[..],
-            &nlm_bound,
-        ),
-        (
+    let mut regs = vec![(
+        programs::NLM_PROGRAM,
+        &programs::NLM_VERSIONS[..],
+        &nlm_bound,
+    )];
+    // With the host's rpc.statd as the monitor, 100024 is statd's.
+    if nsm.is_some() {
+        regs.push((
             programs::NSM_PROGRAM,
             &programs::NSM_VERSIONS[..],
             &nsm_bound,
-        ),
-    ];
-    for (prog, vers, bound) in regs {
+        ));
+    }
+    for &(prog, vers, bound) in &regs {
         registrar.register(prog, vers, bound).await?;
     }
     let driver = nsm.as_ref().map(|n| {
