@@ -4,6 +4,7 @@ mod bench;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -28,6 +29,13 @@ enum ProtoArg {
     Tcp,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WorkloadArg {
+    Files,
+    Ranges,
+    Contended,
+}
+
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
     /// NULL round trips per second with K concurrent clients, against a
@@ -49,6 +57,36 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2000)]
         duration_ms: u64,
     },
+    /// NLM LOCK+UNLOCK pairs per second with K clients (and the same
+    /// server's NULL rate as the ceiling).
+    Lock {
+        /// The NLM server, ADDR:PORT.
+        #[arg(long, default_value = "127.0.0.1:4045")]
+        server: SocketAddr,
+        /// The caller name to send: this host's name or address.
+        #[arg(long, default_value = "127.0.0.1")]
+        caller: String,
+        /// This host's port mapper, where the GRANTED listener registers.
+        #[arg(long, default_value = "127.0.0.1:111")]
+        rpcbind: SocketAddr,
+        #[arg(long, value_delimiter = ',', default_value = "files,ranges,contended")]
+        workload: Vec<WorkloadArg>,
+        #[arg(long, value_delimiter = ',', default_value = "udp,tcp")]
+        proto: Vec<ProtoArg>,
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 2000)]
+        duration_ms: u64,
+    },
+}
+
+fn protos(p: &[ProtoArg]) -> Vec<bench::Proto> {
+    p.iter()
+        .map(|p| match p {
+            ProtoArg::Udp => bench::Proto::Udp,
+            ProtoArg::Tcp => bench::Proto::Tcp,
+        })
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -62,21 +100,39 @@ fn main() -> Result<()> {
                     clients,
                     duration_ms,
                 },
-        } => {
-            let protos: Vec<_> = proto
+        } => bench::null::run(
+            target,
+            reference,
+            &protos(&proto),
+            &clients,
+            Duration::from_millis(duration_ms),
+        ),
+        Cmd::Bench {
+            what:
+                BenchCmd::Lock {
+                    server,
+                    caller,
+                    rpcbind,
+                    workload,
+                    proto,
+                    clients,
+                    duration_ms,
+                },
+        } => bench::lock::run(&bench::lock::Options {
+            server,
+            caller,
+            rpcbind,
+            workloads: workload
                 .iter()
-                .map(|p| match p {
-                    ProtoArg::Udp => bench::Proto::Udp,
-                    ProtoArg::Tcp => bench::Proto::Tcp,
+                .map(|w| match w {
+                    WorkloadArg::Files => bench::lock::Workload::Files,
+                    WorkloadArg::Ranges => bench::lock::Workload::Ranges,
+                    WorkloadArg::Contended => bench::lock::Workload::Contended,
                 })
-                .collect();
-            bench::run(
-                target,
-                reference,
-                &protos,
-                &clients,
-                Duration::from_millis(duration_ms),
-            )
-        }
+                .collect(),
+            protos: protos(&proto),
+            ks: clients,
+            dur: Duration::from_millis(duration_ms),
+        }),
     }
 }

@@ -1,10 +1,6 @@
-//! `latch bench null`: NULL round trips per second against a target server
-//! and a reference server (e.g. the system rpcbind) in the same run.
-//!
-//! Each of K clients is an OS thread with its own socket and one call in
-//! flight (a closed loop), so the figure is the server's, not a client
-//! library's. The two servers are measured alternately, cell by cell, so a
-//! noisy neighbour hurts both alike.
+//! Closed-loop load generation shared by the benchmarks: each of K clients
+//! is an OS thread with its own socket and one call in flight, so the figure
+//! is the server's, not a client library's.
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
@@ -47,6 +43,15 @@ pub enum Proto {
     Tcp,
 }
 
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Udp => "udp",
+            Proto::Tcp => "tcp",
+        }
+    }
+}
+
 /// One measurement.
 #[derive(Debug, Clone)]
 pub struct Cell {
@@ -63,7 +68,7 @@ impl Cell {
     }
 }
 
-fn null_call(xid: u32, t: &Target) -> Vec<u8> {
+pub(crate) fn null_call(xid: u32, t: &Target) -> Vec<u8> {
     let mut v = Vec::with_capacity(44);
     for w in [xid, 0, 2, t.prog, t.vers, 0, 0, 0, 0, 0] {
         v.extend_from_slice(&w.to_be_bytes());
@@ -71,54 +76,64 @@ fn null_call(xid: u32, t: &Target) -> Vec<u8> {
     v
 }
 
+/// The word at `i` of a reply.
+pub(crate) fn word(reply: &[u8], i: usize) -> Option<u32> {
+    reply
+        .get(i * 4..i * 4 + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// A successful accepted reply to `xid`.
-fn is_success(reply: &[u8], xid: u32) -> bool {
-    let w = |i: usize| {
-        reply
-            .get(i * 4..i * 4 + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
+pub(crate) fn is_success(reply: &[u8], xid: u32) -> bool {
+    let w = |i| word(reply, i);
     w(0) == Some(xid) && w(1) == Some(1) && w(2) == Some(0) && w(5) == Some(0)
 }
 
-enum Conn {
+/// A client's connection to one server.
+pub(crate) enum Conn {
     Udp(UdpSocket, SocketAddr),
     Tcp(TcpStream),
 }
 
 impl Conn {
-    fn open(t: &Target, proto: Proto) -> Result<Conn> {
+    pub(crate) fn open(addr: SocketAddr, proto: Proto) -> Result<Conn> {
         Ok(match proto {
             Proto::Udp => {
-                let any: SocketAddr = if t.addr.is_ipv4() {
+                let any: SocketAddr = if addr.is_ipv4() {
                     "0.0.0.0:0".parse()?
                 } else {
                     "[::]:0".parse()?
                 };
                 let s = UdpSocket::bind(any)?;
                 s.set_read_timeout(Some(Duration::from_millis(200)))?;
-                Conn::Udp(s, t.addr)
+                Conn::Udp(s, addr)
             }
             Proto::Tcp => {
-                let s = TcpStream::connect_timeout(&t.addr, Duration::from_secs(2))?;
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
                 s.set_nodelay(true)?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
                 Conn::Tcp(s)
             }
         })
     }
 
-    /// One round trip; false on timeout or a bad reply.
-    fn round_trip(&mut self, msg: &[u8], xid: u32, buf: &mut [u8]) -> Result<bool> {
+    /// One round trip of `msg` (whose xid is `xid`): the reply's length in
+    /// `buf`, or `None` if none came (UDP: within the read timeout).
+    pub(crate) fn round_trip(
+        &mut self,
+        msg: &[u8],
+        xid: u32,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>> {
         match self {
             Conn::Udp(s, to) => {
                 s.send_to(msg, *to)?;
                 loop {
                     match s.recv(buf) {
                         // A late reply to an earlier, timed-out call: skip it.
-                        Ok(n) if buf[..4] != xid.to_be_bytes() && n >= 4 => continue,
-                        Ok(n) => return Ok(is_success(&buf[..n], xid)),
-                        Err(_) => return Ok(false),
+                        Ok(n) if n >= 4 && buf[..4] != xid.to_be_bytes() => continue,
+                        Ok(n) => return Ok(Some(n)),
+                        Err(_) => return Ok(None),
                     }
                 }
             }
@@ -134,35 +149,54 @@ impl Conn {
                     bail!("reply of {len} bytes");
                 }
                 s.read_exact(&mut buf[..len])?;
-                Ok(is_success(&buf[..len], xid))
+                Ok(Some(len))
             }
         }
     }
+
+    /// A call retransmitted (same xid) until answered, at most `tries` times.
+    pub(crate) fn call(
+        &mut self,
+        msg: &[u8],
+        xid: u32,
+        buf: &mut [u8],
+        tries: u32,
+    ) -> Result<usize> {
+        for _ in 0..tries {
+            if let Some(n) = self.round_trip(msg, xid, buf)? {
+                return Ok(n);
+            }
+        }
+        bail!("no answer after {tries} tries")
+    }
 }
 
-/// Runs K closed-loop clients against `t` for `dur`.
-pub fn measure(t: Target, proto: Proto, k: usize, dur: Duration) -> Result<Cell> {
+/// Runs K closed-loop workers for `dur`; `make(i)` builds worker i's
+/// operation, which says whether it succeeded. Latencies are per operation.
+pub(crate) fn closed_loop<F>(
+    k: usize,
+    dur: Duration,
+    make: impl Fn(usize) -> Result<F>,
+) -> Result<Cell>
+where
+    F: FnMut() -> Result<bool> + Send + 'static,
+{
     let stop = Arc::new(AtomicBool::new(false));
-    let mut conns = Vec::with_capacity(k);
-    for _ in 0..k {
-        conns.push(Conn::open(&t, proto).with_context(|| format!("connecting to {}", t.addr))?);
+    let mut ops = Vec::with_capacity(k);
+    for i in 0..k {
+        ops.push(make(i)?);
     }
     let start = Instant::now();
-    let handles: Vec<_> = conns
+    let handles: Vec<_> = ops
         .into_iter()
-        .enumerate()
-        .map(|(i, mut c)| {
+        .map(|mut op| {
             let stop = stop.clone();
             std::thread::spawn(move || -> Result<(u64, u64, Histogram<u64>)> {
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                 let (mut ok, mut err) = (0u64, 0u64);
-                let mut buf = vec![0u8; 65536];
-                let mut xid = (i as u32) << 24;
                 while !stop.load(Ordering::Relaxed) {
-                    xid = xid.wrapping_add(1);
-                    let msg = null_call(xid, &t);
                     let t0 = Instant::now();
-                    if c.round_trip(&msg, xid, &mut buf)? {
+                    if op()? {
                         ok += 1;
                         h.record(t0.elapsed().as_micros().max(1) as u64)?;
                     } else {
@@ -194,49 +228,20 @@ pub fn measure(t: Target, proto: Proto, k: usize, dur: Duration) -> Result<Cell>
     })
 }
 
-/// The whole table: every transport and K, target and reference alternately.
-pub fn run(
-    target: Target,
-    reference: Option<Target>,
-    protos: &[Proto],
-    ks: &[usize],
-    dur: Duration,
-) -> Result<()> {
-    println!(
-        "{:<4} {:>3} {:>12} {:>8} {:>8} {:>12} {:>8} {:>8} {:>7}",
-        "", "K", "target/s", "p50us", "p99us", "reference/s", "p50us", "p99us", "ratio"
-    );
-    for &proto in protos {
-        for &k in ks {
-            let a = measure(target, proto, k, dur)?;
-            let b = reference.map(|r| measure(r, proto, k, dur)).transpose()?;
-            let name = if proto == Proto::Udp { "udp" } else { "tcp" };
-            match b {
-                Some(b) => println!(
-                    "{:<4} {:>3} {:>12.0} {:>8} {:>8} {:>12.0} {:>8} {:>8} {:>7.2}",
-                    name,
-                    k,
-                    a.rate(),
-                    a.p50_us,
-                    a.p99_us,
-                    b.rate(),
-                    b.p50_us,
-                    b.p99_us,
-                    a.rate() / b.rate()
-                ),
-                None => println!(
-                    "{:<4} {:>3} {:>12.0} {:>8} {:>8}",
-                    name,
-                    k,
-                    a.rate(),
-                    a.p50_us,
-                    a.p99_us
-                ),
-            }
-            if a.errors > 0 {
-                println!("     ({} calls to the target went unanswered)", a.errors);
-            }
-        }
-    }
-    Ok(())
+/// K closed-loop clients calling NULL on `t`.
+pub fn measure_null(t: Target, proto: Proto, k: usize, dur: Duration) -> Result<Cell> {
+    closed_loop(k, dur, |i| {
+        let mut c =
+            Conn::open(t.addr, proto).with_context(|| format!("connecting to {}", t.addr))?;
+        let mut buf = vec![0u8; 65536];
+        let mut xid = (i as u32) << 24;
+        Ok(move || -> Result<bool> {
+            xid = xid.wrapping_add(1);
+            let msg = null_call(xid, &t);
+            Ok(match c.round_trip(&msg, xid, &mut buf)? {
+                Some(n) => is_success(&buf[..n], xid),
+                None => false,
+            })
+        })
+    })
 }
