@@ -161,7 +161,7 @@ impl Callbacks {
     fn take_handoffs(&self) -> Option<(u64, u64, u64)> {
         let mut h = self.handoff.lock().unwrap_or_else(PoisonError::into_inner);
         let out =
-            (h.len() > 0).then(|| (h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99)));
+            (!h.is_empty()).then(|| (h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99)));
         h.reset();
         out
     }
