@@ -263,6 +263,21 @@ impl NlmServer {
     }
 }
 
+impl NlmServer {
+    /// Version 0 is FreeBSD's NLM_SM callback; 1 to 4 are NLM proper.
+    pub const VERSIONS: (u32, u32) = (NLM_SM_VERSION, 4);
+
+    /// Whether a retransmission of `proc_` must be answered from the
+    /// duplicate request cache: everything that changes state. TEST and
+    /// the callbacks' answers are idempotent.
+    pub fn is_cached_proc(proc_: u32) -> bool {
+        matches!(
+            proc_,
+            LOCK | CANCEL | UNLOCK | TEST_MSG..=UNLOCK_MSG | SHARE | UNSHARE | NM_LOCK | FREE_ALL
+        )
+    }
+}
+
 /// The procedures a version serves.
 fn served(vers: u32, proc_: u32) -> bool {
     match vers {
@@ -279,14 +294,11 @@ impl Program for NlmServer {
     }
 
     fn versions(&self) -> (u32, u32) {
-        (NLM_SM_VERSION, 4)
+        Self::VERSIONS
     }
 
     fn is_cached(&self, _vers: u32, proc_: u32) -> bool {
-        matches!(
-            proc_,
-            LOCK | CANCEL | UNLOCK | TEST_MSG..=UNLOCK_MSG | SHARE | UNSHARE | NM_LOCK | FREE_ALL
-        )
+        Self::is_cached_proc(proc_)
     }
 
     fn call(&mut self, ctx: &CallContext<'_>, args: &[u8], res: &mut Writer) -> Outcome {
