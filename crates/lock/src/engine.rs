@@ -406,6 +406,14 @@ impl Engine {
             .collect()
     }
 
+    /// Every file with locks, blocked requests, shares or leases, in key
+    /// order (for listing; O(files)).
+    pub fn files(&self) -> Vec<FileKey> {
+        let mut v: Vec<FileKey> = self.file_ids.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// The held locks on a file, for listing.
     pub fn locks(&self, file: &FileKey) -> Vec<Holder> {
         let Some(&fid) = self.file_ids.get(file) else {
