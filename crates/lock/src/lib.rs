@@ -26,6 +26,7 @@ mod events;
 mod file;
 mod lease;
 mod owner;
+mod query;
 mod share;
 mod tree;
 mod types;
