@@ -6,6 +6,7 @@
 //! tries run out (the lock is kept or released, as configured). Callbacks
 //! are actions, so a slow client stalls nobody.
 
+use crate::client::LocalEvent;
 use crate::proto::*;
 use crate::server::{Action, GrantedStyle, NlmServer, Unacknowledged};
 use latch_lock::{Event, FileKey, HostId, Owner, Range, RequestId};
@@ -100,11 +101,30 @@ impl NlmServer {
     /// Turns the engine's events into callbacks.
     pub(crate) fn deliver(&mut self, events: Vec<Event>, now: u64) {
         for e in events {
-            let Event::Granted { id, .. } = e else {
-                // Leases are for local programs (the client side); NLM
-                // clients hold none.
-                continue;
+            self.age_event(&e, now);
+            let id = match e {
+                Event::Granted { id, .. } => id,
+                // Leases are held by local programs only.
+                Event::LeaseBreak { file, holder, to } => {
+                    if let Some(conn) = crate::local::conn_of(&holder) {
+                        let (fh, to_read) = (file.0.to_vec(), to.is_some());
+                        self.client
+                            .tell(conn, LocalEvent::LeaseBreak { fh, to_read });
+                    }
+                    continue;
+                }
+                Event::LeaseRevoked { file, holder, .. } => {
+                    if let Some(conn) = crate::local::conn_of(&holder) {
+                        let fh = file.0.to_vec();
+                        self.client.tell(conn, LocalEvent::LeaseRevoked { fh });
+                    }
+                    continue;
+                }
             };
+            if let Some((conn, req)) = self.local_blocked.remove(&id) {
+                self.client.tell(conn, LocalEvent::Granted { req });
+                continue;
+            }
             let Some(info) = self.grants.blocked.remove(&id) else {
                 continue;
             };
@@ -201,6 +221,7 @@ impl NlmServer {
         if let Ok(reply) = self.engine.unlock(&file, &owner, r) {
             self.deliver(reply.events, now);
         }
+        self.age_released(&owner, &file);
     }
 
     /// What became of a synchronous GRANTED: the client's status, or `None`

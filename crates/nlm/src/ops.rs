@@ -162,6 +162,7 @@ impl NlmServer {
             LockAnswer::Deadlock => Stat::Deadlock,
             LockAnswer::DeniedGrace => Stat::DeniedGracePeriod,
         };
+        self.age_lock(&owner, &file, &reply.answer, now);
         self.deliver(reply.events, now);
         if matches!(stat, Stat::Granted | Stat::Blocked) {
             self.note_state(host, !nm);
@@ -235,6 +236,7 @@ impl NlmServer {
                 self.deliver(reply.events, now);
             }
         }
+        self.age_released(&owner, &file);
         Stat::Granted
     }
 
@@ -260,6 +262,7 @@ impl NlmServer {
         match self.engine.unlock(&file, &owner, range(&a.lock)) {
             Ok(reply) => {
                 self.deliver(reply.events, now);
+                self.age_released(&owner, &file);
                 Stat::Granted
             }
             // Splitting a lock needs one more entry than the host may have.
@@ -353,12 +356,15 @@ impl NlmServer {
             }
         }
         self.grace.host_gone(name);
+        // If it is a server we hold locks on, reclaim them.
+        self.client.server_rebooted(name);
         Outcome::Reply
     }
 
     /// Everything of `host` goes; waiters it blocked are granted.
     pub(crate) fn release_host(&mut self, host: HostId, now: u64) {
         let reply = self.engine.release_host(host);
+        self.age_host_released(host);
         self.grants.forget_host(host);
         self.deliver(reply.events, now);
     }

@@ -7,6 +7,7 @@
 //! ([`NlmServer::call_result`]) and calls [`NlmServer::tick`] to drive
 //! retries and timeouts.
 
+use crate::client::{ClientAction, ClientConfig, ClientCore, ConnId, ReqId};
 use crate::grace::Grace;
 use crate::grants::Grants;
 use crate::hosts::{HostStore, Hosts};
@@ -57,6 +58,8 @@ pub struct NlmConfig {
     pub limits: Limits,
     /// Bound on queued actions (the shell drains them continuously).
     pub max_actions: usize,
+    /// The client side: this host's locks on other servers.
+    pub client: ClientConfig,
 }
 
 impl Default for NlmConfig {
@@ -74,6 +77,7 @@ impl Default for NlmConfig {
             host_idle_ms: 60_000,
             limits: Limits::default(),
             max_actions: 65_536,
+            client: ClientConfig::default(),
         }
     }
 }
@@ -130,6 +134,11 @@ pub struct NlmServer {
     pub(crate) epoch: Instant,
     pub(crate) fh_stale: Option<FhCheck>,
     pub(crate) next_request: u64,
+    /// Local programs' blocked requests on this server's files.
+    pub(crate) local_blocked: std::collections::HashMap<RequestId, (ConnId, ReqId)>,
+    /// The client side, whose GRANTED callbacks arrive at this program.
+    pub client: ClientCore,
+    pub(crate) ages: crate::admin::Ages,
     pub stats: NlmStats,
 }
 
@@ -147,7 +156,7 @@ impl NlmServer {
         let grace = Grace::start(&before, cfg.grace_ms, cfg.reclaim_settle_ms);
         engine.set_grace(grace.active());
         Ok(NlmServer {
-            cfg,
+            cfg: cfg.clone(),
             engine,
             hosts: Hosts::default(),
             grants: Grants::default(),
@@ -158,6 +167,9 @@ impl NlmServer {
             epoch: now,
             fh_stale: None,
             next_request: 1,
+            local_blocked: Default::default(),
+            client: ClientCore::new(cfg.client.clone(), 0),
+            ages: Default::default(),
             stats: NlmStats::default(),
         })
     }
@@ -199,7 +211,11 @@ impl NlmServer {
     }
 
     pub fn has_actions(&self) -> bool {
-        !self.actions.is_empty()
+        !self.actions.is_empty() || self.client.has_actions()
+    }
+
+    pub fn take_client_actions(&mut self) -> Vec<ClientAction> {
+        self.client.take_actions()
     }
 
     pub(crate) fn push(&mut self, a: Action) {
@@ -221,6 +237,7 @@ impl NlmServer {
         }
         let expired = self.engine.expire_leases(now_ms);
         self.deliver(expired.events, now_ms);
+        self.client.tick(now_ms);
         self.forget_idle_hosts(now_ms);
     }
 
@@ -347,12 +364,13 @@ impl NlmServer {
             UNLOCK => self
                 .unlock(peer, decode(args, vers)?, now)
                 .encode_v(res, vers),
-            // We are a server: nobody grants us anything.
+            // A server we asked grants our client side a blocked lock.
             GRANTED => {
                 let a: TestArgs = decode(args, vers)?;
+                let stat = self.client.granted(peer, &a);
                 Res {
                     cookie: a.cookie,
-                    stat: Stat::Denied,
+                    stat,
                 }
                 .encode_v(res, vers)
             }
@@ -374,9 +392,10 @@ impl NlmServer {
             }
             GRANTED_MSG => {
                 let a: TestArgs = decode(args, vers)?;
+                let stat = self.client.granted(peer, &a);
                 let r = Res {
                     cookie: a.cookie,
-                    stat: Stat::Denied,
+                    stat,
                 };
                 self.answer(peer, vers, GRANTED_RES, encode(&r, vers));
             }

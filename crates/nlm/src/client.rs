@@ -1,0 +1,677 @@
+//! The client side, sans-IO: local programs' lock requests on remote NLM
+//! servers. The FreeBSD design (seed 001): one lock manager per host owns
+//! the NLM callback port and relays grants to the local programs that asked.
+//!
+//! A remote request moves through these states:
+//!
+//! ```text
+//!            request
+//!               v
+//!           in flight ──(no answer / error)──> failed (told once)
+//!        ┌──────┼───────────────┐
+//!  granted│     │blocked         │denied, deadlock, grace, nolocks
+//!        v      v                v
+//!      held <── waiting        told once
+//!        ^      │  GRANTED callback (or a resent LOCK answered granted)
+//!        └──────┘
+//!      held ──(server rebooted)──> reclaiming ──granted──> held
+//!                                           └─denied──> lost (told)
+//! ```
+//!
+//! Each local connection is one lock owner (like a process): its svid is the
+//! connection number and its owner handle names this host and connection.
+//! When a connection goes, its locks are unlocked and its waits cancelled.
+
+use crate::proto::*;
+use latch_oncrpc::RpcError;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// A local program's connection to latchd.
+pub type ConnId = u64;
+/// A request number, chosen by the connection.
+pub type ReqId = u64;
+
+/// What a request came to, as the local program hears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Granted,
+    /// Queued at the server; a later `Granted` event follows.
+    Blocked,
+    /// TEST: nobody conflicts.
+    Free,
+    /// Held by someone else (TEST, or a LOCK that would not wait).
+    Denied(Option<Holder>),
+    Deadlock,
+    /// The server is in its grace period (retry later).
+    Grace,
+    /// A server limit was reached.
+    NoLocks,
+    /// The server could not be reached or refused the protocol.
+    Failed(String),
+}
+
+/// Messages for a local program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalEvent {
+    /// The answer to request `req`.
+    Reply { req: ReqId, outcome: Outcome },
+    /// Blocked request `req` now holds its lock.
+    Granted { req: ReqId },
+    /// A lock held on a server that rebooted could not be reclaimed.
+    Lost {
+        server: IpAddr,
+        fh: Vec<u8>,
+        offset: u64,
+        len: u64,
+    },
+    /// A lease the program holds must be given up (`to_read`: downgraded).
+    LeaseBreak { fh: Vec<u8>, to_read: bool },
+    /// The lease was revoked after its break deadline.
+    LeaseRevoked { fh: Vec<u8> },
+}
+
+/// One byte range on one server, as a local program names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteLock {
+    pub server: IpAddr,
+    /// The server's name, for status monitoring (an address is fine).
+    pub server_name: Vec<u8>,
+    pub fh: Vec<u8>,
+    pub offset: u64,
+    pub len: u64,
+    pub exclusive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Test,
+    Lock { block: bool },
+    Unlock,
+    Cancel,
+    Reclaim,
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    conn: ConnId,
+    /// `None` for calls nobody waits on (cleanup, reclaim, resends).
+    req: Option<ReqId>,
+    op: Op,
+    lock: RemoteLock,
+    vers: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    conn: ConnId,
+    req: ReqId,
+    lock: RemoteLock,
+    last_sent_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Our caller name on servers (what their status monitors watch).
+    pub our_name: Vec<u8>,
+    /// How often a blocked LOCK is sent again, in case its GRANTED was lost.
+    pub resend_blocked_ms: u64,
+    /// Bound on requests in flight and locks held through this host.
+    pub max_entries: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            our_name: b"localhost".to_vec(),
+            resend_blocked_ms: 30_000,
+            max_entries: 65_536,
+        }
+    }
+}
+
+/// Work for the shell on the client side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Call NLM `vers`/`proc_` on `server`; report with `ClientCore::reply`.
+    Call {
+        token: u64,
+        server: IpAddr,
+        vers: u32,
+        proc_: u32,
+        args: Vec<u8>,
+    },
+    /// Ask the status monitor to watch a server we hold locks on.
+    Monitor { name: Vec<u8> },
+    /// Tell local connection `conn`.
+    Local { conn: ConnId, event: LocalEvent },
+}
+
+/// Why a call failed, as the shell reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    Rpc(RpcError),
+    /// No answer, or the server is unreachable.
+    Transport(String),
+}
+
+#[derive(Debug, Default)]
+pub struct ClientCore {
+    cfg: ClientConfig,
+    /// Our NSM state number, sent in every LOCK.
+    nsm_state: u32,
+    next_token: u64,
+    in_flight: BTreeMap<u64, InFlight>,
+    waiting: BTreeMap<(ConnId, ReqId), Entry>,
+    held: Vec<Entry>,
+    /// The NLM version each server speaks (4, falling back to 3 and 1).
+    versions: BTreeMap<IpAddr, u32>,
+    monitored: Vec<Vec<u8>>,
+    /// Reclaims to send again (the server was not ready for them).
+    reclaim_later: Vec<Entry>,
+    actions: Vec<ClientAction>,
+}
+
+fn owner(cfg: &ClientConfig, conn: ConnId) -> (u32, Vec<u8>) {
+    let mut oh = cfg.our_name.clone();
+    oh.push(b'#');
+    oh.extend_from_slice(conn.to_string().as_bytes());
+    (conn as u32, oh)
+}
+
+fn fallback(vers: u32) -> Option<u32> {
+    match vers {
+        4 => Some(3),
+        3 => Some(1),
+        _ => None,
+    }
+}
+
+impl ClientCore {
+    pub fn new(cfg: ClientConfig, nsm_state: u32) -> Self {
+        ClientCore {
+            cfg,
+            nsm_state,
+            next_token: 1,
+            ..ClientCore::default()
+        }
+    }
+
+    pub fn set_nsm_state(&mut self, state: u32) {
+        self.nsm_state = state;
+    }
+
+    pub fn take_actions(&mut self) -> Vec<ClientAction> {
+        std::mem::take(&mut self.actions)
+    }
+
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
+    /// Locks held through this host, for listing.
+    pub fn held(&self) -> impl Iterator<Item = (ConnId, &RemoteLock)> {
+        self.held.iter().map(|e| (e.conn, &e.lock))
+    }
+
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub(crate) fn tell(&mut self, conn: ConnId, event: LocalEvent) {
+        self.actions.push(ClientAction::Local { conn, event });
+    }
+
+    fn nlm_lock(&self, conn: ConnId, l: &RemoteLock) -> Lock {
+        let (svid, oh) = owner(&self.cfg, conn);
+        Lock {
+            caller_name: Name::new(self.cfg.our_name.clone()).unwrap_or_default(),
+            fh: Netobj::new(l.fh.clone()).unwrap_or_default(),
+            oh: Netobj::new(oh).unwrap_or_default(),
+            svid,
+            offset: l.offset,
+            len: l.len,
+        }
+    }
+
+    fn encode(&self, f: &InFlight, token: u64) -> (u32, Vec<u8>) {
+        let cookie = Netobj::from_slice(&token.to_be_bytes()).unwrap_or_default();
+        let lock = self.nlm_lock(f.conn, &f.lock);
+        let excl = f.lock.exclusive;
+        match f.op {
+            Op::Test => (
+                TEST,
+                encode(
+                    &TestArgs {
+                        cookie,
+                        exclusive: excl,
+                        lock,
+                    },
+                    f.vers,
+                ),
+            ),
+            Op::Lock { .. } | Op::Reclaim => {
+                let a = LockArgs {
+                    cookie,
+                    block: matches!(f.op, Op::Lock { block: true }),
+                    exclusive: excl,
+                    lock,
+                    reclaim: f.op == Op::Reclaim,
+                    state: self.nsm_state,
+                };
+                (LOCK, encode(&a, f.vers))
+            }
+            Op::Unlock => (UNLOCK, encode(&UnlockArgs { cookie, lock }, f.vers)),
+            Op::Cancel => (
+                CANCEL,
+                encode(
+                    &CancArgs {
+                        cookie,
+                        block: true,
+                        exclusive: excl,
+                        lock,
+                    },
+                    f.vers,
+                ),
+            ),
+        }
+    }
+
+    fn send(&mut self, mut f: InFlight) {
+        f.vers = self.versions.get(&f.lock.server).copied().unwrap_or(4);
+        let wide = f.lock.offset > u64::from(u32::MAX) || f.lock.len > u64::from(u32::MAX);
+        if f.vers < 4 && wide {
+            if let Some(req) = f.req {
+                let why = "the server speaks only 32-bit NLM and the range does not fit";
+                self.tell(
+                    f.conn,
+                    LocalEvent::Reply {
+                        req,
+                        outcome: Outcome::Failed(why.into()),
+                    },
+                );
+            }
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let (proc_, args) = self.encode(&f, token);
+        let server = f.lock.server;
+        self.actions.push(ClientAction::Call {
+            token,
+            server,
+            vers: f.vers,
+            proc_,
+            args,
+        });
+        self.in_flight.insert(token, f);
+    }
+
+    fn full(&self) -> bool {
+        self.in_flight.len() + self.waiting.len() + self.held.len() >= self.cfg.max_entries
+    }
+
+    /// A local program's request. `req` must be unique per connection.
+    pub fn request(&mut self, conn: ConnId, req: ReqId, op: ClientOp, lock: RemoteLock) {
+        if self.full() {
+            self.tell(
+                conn,
+                LocalEvent::Reply {
+                    req,
+                    outcome: Outcome::NoLocks,
+                },
+            );
+            return;
+        }
+        let op = match op {
+            ClientOp::Test => Op::Test,
+            ClientOp::Lock { wait } => Op::Lock { block: wait },
+            ClientOp::Unlock => {
+                self.forget_held(conn, &lock);
+                Op::Unlock
+            }
+            ClientOp::Cancel => {
+                self.waiting
+                    .retain(|_, e| !(e.conn == conn && same_range(&e.lock, &lock)));
+                Op::Cancel
+            }
+        };
+        self.send(InFlight {
+            conn,
+            req: Some(req),
+            op,
+            lock,
+            vers: 4,
+        });
+    }
+
+    /// Drops our record of `conn`'s locks within `lock`'s range (the
+    /// server does the same on UNLOCK). Partial overlaps are kept whole:
+    /// reclaim then asks for a little more than is held, never less.
+    fn forget_held(&mut self, conn: ConnId, lock: &RemoteLock) {
+        let end = |l: &RemoteLock| {
+            if l.len == 0 {
+                u64::MAX
+            } else {
+                l.offset.saturating_add(l.len - 1)
+            }
+        };
+        self.held.retain(|e| {
+            !(e.conn == conn
+                && e.lock.server == lock.server
+                && e.lock.fh == lock.fh
+                && e.lock.offset >= lock.offset
+                && end(&e.lock) <= end(lock))
+        });
+    }
+
+    /// The connection is gone: unlock what it holds, cancel what it waits
+    /// for. Nobody is told.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        let held: Vec<Entry> = self
+            .held
+            .iter()
+            .filter(|e| e.conn == conn)
+            .cloned()
+            .collect();
+        self.held.retain(|e| e.conn != conn);
+        let waiting: Vec<Entry> = self
+            .waiting
+            .values()
+            .filter(|e| e.conn == conn)
+            .cloned()
+            .collect();
+        self.waiting.retain(|_, e| e.conn != conn);
+        for e in held {
+            self.send(InFlight {
+                conn,
+                req: None,
+                op: Op::Unlock,
+                lock: e.lock,
+                vers: 4,
+            });
+        }
+        for e in waiting {
+            self.send(InFlight {
+                conn,
+                req: None,
+                op: Op::Cancel,
+                lock: e.lock,
+                vers: 4,
+            });
+        }
+        self.reclaim_later.retain(|e| e.conn != conn);
+        // Answers to requests still in flight go nowhere.
+        for f in self.in_flight.values_mut() {
+            if f.conn == conn {
+                f.req = None;
+            }
+        }
+    }
+
+    /// The shell's report on call `token`.
+    pub fn reply(&mut self, token: u64, result: Result<Vec<u8>, CallFailure>, now_ms: u64) {
+        let Some(f) = self.in_flight.remove(&token) else {
+            return;
+        };
+        let bytes = match result {
+            Ok(b) => b,
+            Err(CallFailure::Rpc(RpcError::ProgMismatch { .. } | RpcError::ProcUnavail)) => {
+                if let Some(v) = fallback(f.vers) {
+                    self.versions.insert(f.lock.server, v);
+                    self.send(f);
+                    return;
+                }
+                return self.failed(f, "the server refuses every NLM version we speak");
+            }
+            Err(CallFailure::Rpc(e)) => {
+                return self.failed(f, &format!("the server refused the call: {e}"))
+            }
+            Err(CallFailure::Transport(e)) => return self.failed(f, &e),
+        };
+        if f.op == Op::Test {
+            let Ok(r) = decode::<TestRes>(&bytes, f.vers) else {
+                return self.failed(f, "undecodable TEST reply");
+            };
+            let outcome = match r.stat {
+                Stat::Granted => Outcome::Free,
+                Stat::Denied => Outcome::Denied(r.holder),
+                s => stat_outcome(s),
+            };
+            if let Some(req) = f.req {
+                self.tell(f.conn, LocalEvent::Reply { req, outcome });
+            }
+            return;
+        }
+        let Ok(r) = decode::<Res>(&bytes, f.vers) else {
+            return self.failed(f, "undecodable reply");
+        };
+        self.lock_reply(f, r.stat, now_ms);
+    }
+
+    fn lock_reply(&mut self, f: InFlight, stat: Stat, now_ms: u64) {
+        match (f.op, stat) {
+            (Op::Lock { .. } | Op::Reclaim, Stat::Granted) => {
+                let e = Entry {
+                    conn: f.conn,
+                    req: f.req.unwrap_or(0),
+                    lock: f.lock.clone(),
+                    last_sent_ms: now_ms,
+                };
+                // A resent LOCK answered granted: the GRANTED was lost.
+                let was_waiting = f.req.and_then(|r| self.waiting.remove(&(f.conn, r)));
+                self.monitor(&f.lock.server_name);
+                self.held.push(e);
+                if let (Some(req), false) = (f.req, f.op == Op::Reclaim) {
+                    let event = if was_waiting.is_some() {
+                        LocalEvent::Granted { req }
+                    } else {
+                        LocalEvent::Reply {
+                            req,
+                            outcome: Outcome::Granted,
+                        }
+                    };
+                    self.tell(f.conn, event);
+                }
+            }
+            (Op::Lock { .. }, Stat::Blocked) => {
+                if let Some(req) = f.req {
+                    if !self.waiting.contains_key(&(f.conn, req)) {
+                        self.waiting.insert(
+                            (f.conn, req),
+                            Entry {
+                                conn: f.conn,
+                                req,
+                                lock: f.lock.clone(),
+                                last_sent_ms: now_ms,
+                            },
+                        );
+                        self.monitor(&f.lock.server_name);
+                        self.tell(
+                            f.conn,
+                            LocalEvent::Reply {
+                                req,
+                                outcome: Outcome::Blocked,
+                            },
+                        );
+                    }
+                }
+            }
+            (Op::Reclaim, Stat::DeniedGracePeriod) => {
+                // The server is not ready for reclaims yet: again next tick.
+                self.reclaim_later.push(Entry {
+                    conn: f.conn,
+                    req: 0,
+                    lock: f.lock,
+                    last_sent_ms: 0,
+                });
+            }
+            (Op::Reclaim, _) => {
+                let ev = LocalEvent::Lost {
+                    server: f.lock.server,
+                    fh: f.lock.fh.clone(),
+                    offset: f.lock.offset,
+                    len: f.lock.len,
+                };
+                self.tell(f.conn, ev);
+            }
+            (_, s) => {
+                if let Some(req) = f.req {
+                    let outcome = if matches!(f.op, Op::Unlock | Op::Cancel) {
+                        Outcome::Granted
+                    } else {
+                        stat_outcome(s)
+                    };
+                    self.tell(f.conn, LocalEvent::Reply { req, outcome });
+                }
+            }
+        }
+    }
+
+    fn failed(&mut self, f: InFlight, why: &str) {
+        if let Some(req) = f.req {
+            self.tell(
+                f.conn,
+                LocalEvent::Reply {
+                    req,
+                    outcome: Outcome::Failed(why.to_string()),
+                },
+            );
+        }
+    }
+
+    fn monitor(&mut self, name: &[u8]) {
+        if !self.monitored.iter().any(|m| m == name) {
+            self.monitored.push(name.to_vec());
+            self.actions.push(ClientAction::Monitor {
+                name: name.to_vec(),
+            });
+        }
+    }
+
+    /// A GRANTED callback from `from`: the answer for the server.
+    pub fn granted(&mut self, from: IpAddr, a: &TestArgs) -> Stat {
+        let key = self
+            .waiting
+            .iter()
+            .find(|(_, e)| {
+                let (svid, oh) = owner(&self.cfg, e.conn);
+                e.lock.server == from
+                    && e.lock.fh == a.lock.fh.as_bytes()
+                    && oh == a.lock.oh.as_bytes()
+                    && svid == a.lock.svid
+                    && e.lock.exclusive == a.exclusive
+                    && e.lock.offset == a.lock.offset
+            })
+            .map(|(k, _)| *k);
+        let Some(k) = key else {
+            // Nobody waits for it (cancelled, or already granted by a resent
+            // LOCK): a repeated GRANTED for a lock we hold is acknowledged,
+            // anything else refused so the server releases it.
+            let held = self.held.iter().any(|e| {
+                let (svid, oh) = owner(&self.cfg, e.conn);
+                e.lock.server == from
+                    && e.lock.fh == a.lock.fh.as_bytes()
+                    && oh == a.lock.oh.as_bytes()
+                    && svid == a.lock.svid
+            });
+            return if held { Stat::Granted } else { Stat::Denied };
+        };
+        if let Some(e) = self.waiting.remove(&k) {
+            self.tell(e.conn, LocalEvent::Granted { req: e.req });
+            self.held.push(e);
+        }
+        Stat::Granted
+    }
+
+    /// The server named `name` rebooted (its SM_NOTIFY reached our status
+    /// monitor): reclaim every lock held there, and ask again for what we
+    /// wait for.
+    pub fn server_rebooted(&mut self, name: &[u8]) {
+        let key = crate::hosts::name_key(name);
+        let matches = |l: &RemoteLock| crate::hosts::name_key(&l.server_name) == key;
+        let held: Vec<Entry> = self
+            .held
+            .iter()
+            .filter(|e| matches(&e.lock))
+            .cloned()
+            .collect();
+        self.held.retain(|e| !matches(&e.lock));
+        for e in held {
+            self.send(InFlight {
+                conn: e.conn,
+                req: None,
+                op: Op::Reclaim,
+                lock: e.lock,
+                vers: 4,
+            });
+        }
+        for e in self.waiting.values_mut() {
+            if matches(&e.lock) {
+                e.last_sent_ms = 0;
+            }
+        }
+    }
+
+    /// Resends blocked LOCKs that are due (a lost GRANTED is recovered by
+    /// the server answering `granted`), and retries reclaims the server was
+    /// not ready for.
+    pub fn tick(&mut self, now_ms: u64) {
+        let due: Vec<Entry> = self
+            .waiting
+            .values()
+            .filter(|e| {
+                now_ms.saturating_sub(e.last_sent_ms) >= self.cfg.resend_blocked_ms
+                    || e.last_sent_ms == 0
+            })
+            .cloned()
+            .collect();
+        for e in due {
+            if let Some(w) = self.waiting.get_mut(&(e.conn, e.req)) {
+                w.last_sent_ms = now_ms.max(1);
+            }
+            // Sent with the request number so a "granted" answer is routed.
+            self.send(InFlight {
+                conn: e.conn,
+                req: Some(e.req),
+                op: Op::Lock { block: true },
+                lock: e.lock,
+                vers: 4,
+            });
+        }
+        for e in std::mem::take(&mut self.reclaim_later) {
+            self.send(InFlight {
+                conn: e.conn,
+                req: None,
+                op: Op::Reclaim,
+                lock: e.lock,
+                vers: 4,
+            });
+        }
+    }
+}
+
+/// What a local program asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientOp {
+    Test,
+    Lock { wait: bool },
+    Unlock,
+    Cancel,
+}
+
+fn same_range(a: &RemoteLock, b: &RemoteLock) -> bool {
+    a.server == b.server && a.fh == b.fh && a.offset == b.offset && a.len == b.len
+}
+
+fn stat_outcome(s: Stat) -> Outcome {
+    match s {
+        Stat::Granted => Outcome::Granted,
+        Stat::Blocked => Outcome::Blocked,
+        Stat::Denied => Outcome::Denied(None),
+        Stat::Deadlock => Outcome::Deadlock,
+        Stat::DeniedGracePeriod => Outcome::Grace,
+        Stat::DeniedNolocks => Outcome::NoLocks,
+        s => Outcome::Failed(format!("the server answered {s:?}")),
+    }
+}

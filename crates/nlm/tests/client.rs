@@ -1,0 +1,500 @@
+//! The client side against a real server machine, wired back to back
+//! through RPC dispatchers (calls and callbacks as bytes), with local
+//! programs on both hosts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use latch_lock::LeaseKind;
+use latch_nlm::client::{
+    CallFailure, ClientAction, ClientConfig, ClientOp, LocalEvent, Outcome, RemoteLock,
+};
+use latch_nlm::proto::*;
+use latch_nlm::{Action, MemHostStore, NlmConfig, NlmServer};
+use latch_oncrpc::client::encode_call;
+use latch_oncrpc::drc::Drc;
+use latch_oncrpc::msg::{self, Credential, Xid};
+use latch_oncrpc::{Dispatcher, Transport};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Shared(Arc<Mutex<NlmServer>>);
+
+impl latch_oncrpc::Program for Shared {
+    fn number(&self) -> u32 {
+        PROGRAM
+    }
+    fn versions(&self) -> (u32, u32) {
+        NlmServer::VERSIONS
+    }
+    fn is_cached(&self, _v: u32, p: u32) -> bool {
+        NlmServer::is_cached_proc(p)
+    }
+    fn call(
+        &mut self,
+        ctx: &latch_oncrpc::CallContext<'_>,
+        args: &[u8],
+        res: &mut latch_xdr::Writer,
+    ) -> latch_oncrpc::Outcome {
+        self.0.lock().unwrap().call(ctx, args, res)
+    }
+}
+
+/// A host: its NLM (server and client side) behind a dispatcher.
+struct Host {
+    ip: IpAddr,
+    nlm: Arc<Mutex<NlmServer>>,
+    d: Dispatcher,
+    events: Vec<(u64, LocalEvent)>,
+    /// Drop GRANTED callbacks to this host while set.
+    deaf: bool,
+}
+
+impl Host {
+    fn new(ip: &str, store: MemHostStore, t0: Instant) -> Host {
+        let cfg = NlmConfig {
+            our_name: ip.as_bytes().to_vec(),
+            grace_ms: 30_000,
+            client: ClientConfig {
+                our_name: ip.as_bytes().to_vec(),
+                resend_blocked_ms: 5_000,
+                ..ClientConfig::default()
+            },
+            ..NlmConfig::default()
+        };
+        let nlm = Arc::new(Mutex::new(
+            NlmServer::new(cfg, Box::new(store), t0).unwrap(),
+        ));
+        let mut d = Dispatcher::new(Drc::new(256, 1 << 20));
+        d.register(Box::new(Shared(nlm.clone())));
+        Host {
+            ip: ip.parse().unwrap(),
+            nlm,
+            d,
+            events: vec![],
+            deaf: false,
+        }
+    }
+}
+
+struct Net {
+    hosts: Vec<Host>,
+    t0: Instant,
+    now: Duration,
+    xid: u32,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let t0 = Instant::now();
+        let hosts = (0..n)
+            .map(|i| Host::new(&format!("10.0.0.{}", i + 1), MemHostStore::default(), t0))
+            .collect();
+        Net {
+            hosts,
+            t0,
+            now: Duration::ZERO,
+            xid: 1,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.t0 + self.now
+    }
+
+    fn idx(&self, ip: IpAddr) -> usize {
+        self.hosts.iter().position(|h| h.ip == ip).unwrap()
+    }
+
+    /// One RPC from host `from` to host `to`; None if `to` does not answer.
+    fn rpc(
+        &mut self,
+        from: usize,
+        to: usize,
+        vers: u32,
+        proc_: u32,
+        args: &[u8],
+    ) -> Option<Result<Vec<u8>, latch_oncrpc::RpcError>> {
+        self.xid += 1;
+        let bytes = encode_call(Xid(self.xid), PROGRAM, vers, proc_, &Credential::None, args);
+        let peer = SocketAddr::new(self.hosts[from].ip, 1000);
+        let now = self.now();
+        let reply = self.hosts[to]
+            .d
+            .handle(peer, None, Transport::Udp, &bytes, now, 0)?;
+        Some(msg::parse_reply(&reply).unwrap().result.map(<[u8]>::to_vec))
+    }
+
+    /// Delivers every pending action until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for i in 0..self.hosts.len() {
+                let (server_actions, client_actions) = {
+                    let mut n = self.hosts[i].nlm.lock().unwrap();
+                    (n.take_actions(), n.take_client_actions())
+                };
+                for a in server_actions {
+                    moved = true;
+                    if let Action::Call {
+                        to,
+                        vers,
+                        proc_,
+                        args,
+                        grant,
+                    } = a
+                    {
+                        let j = self.idx(to);
+                        let r = if self.hosts[j].deaf && proc_ == GRANTED {
+                            None
+                        } else {
+                            self.rpc(i, j, vers, proc_, &args)
+                        };
+                        if let Some(id) = grant {
+                            let stat = r
+                                .and_then(|r| r.ok())
+                                .map(|b| decode::<Res>(&b, vers).unwrap().stat);
+                            let now = self.now();
+                            self.hosts[i].nlm.lock().unwrap().call_result(id, stat, now);
+                        }
+                    }
+                }
+                for a in client_actions {
+                    moved = true;
+                    match a {
+                        ClientAction::Call {
+                            token,
+                            server,
+                            vers,
+                            proc_,
+                            args,
+                        } => {
+                            let j = self.idx(server);
+                            let r = match self.rpc(i, j, vers, proc_, &args) {
+                                Some(Ok(b)) => Ok(b),
+                                Some(Err(e)) => Err(CallFailure::Rpc(e)),
+                                None => Err(CallFailure::Transport("no answer".into())),
+                            };
+                            let ms = self.now.as_millis() as u64;
+                            self.hosts[i].nlm.lock().unwrap().client.reply(token, r, ms);
+                        }
+                        ClientAction::Local { conn, event } => {
+                            self.hosts[i].events.push((conn, event))
+                        }
+                        ClientAction::Monitor { .. } => {}
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("actions never settle");
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += Duration::from_millis(ms);
+        let now = self.now();
+        for h in &self.hosts {
+            h.nlm.lock().unwrap().tick(now);
+        }
+        self.settle();
+    }
+
+    fn remote(
+        &mut self,
+        host: usize,
+        conn: u64,
+        req: u64,
+        op: ClientOp,
+        server: usize,
+        offset: u64,
+        len: u64,
+        excl: bool,
+    ) {
+        let lock = RemoteLock {
+            server: self.hosts[server].ip,
+            server_name: self.hosts[server].ip.to_string().into_bytes(),
+            fh: b"file".to_vec(),
+            offset,
+            len,
+            exclusive: excl,
+        };
+        self.hosts[host]
+            .nlm
+            .lock()
+            .unwrap()
+            .client
+            .request(conn, req, op, lock);
+        self.settle();
+    }
+
+    fn local(
+        &mut self,
+        host: usize,
+        conn: u64,
+        req: u64,
+        op: ClientOp,
+        offset: u64,
+        len: u64,
+        excl: bool,
+    ) {
+        let now = self.now();
+        self.hosts[host]
+            .nlm
+            .lock()
+            .unwrap()
+            .local_request(conn, req, op, b"file", offset, len, excl, now);
+        self.settle();
+    }
+
+    fn events(&mut self, host: usize) -> Vec<(u64, LocalEvent)> {
+        std::mem::take(&mut self.hosts[host].events)
+    }
+}
+
+fn reply(req: u64, outcome: Outcome) -> LocalEvent {
+    LocalEvent::Reply { req, outcome }
+}
+
+#[test]
+fn remote_test_lock_unlock_through_the_client_side() {
+    let mut n = Net::new(3);
+    n.remote(1, 7, 1, ClientOp::Test, 0, 0, 10, true);
+    n.remote(1, 7, 2, ClientOp::Lock { wait: false }, 0, 0, 10, true);
+    assert_eq!(
+        n.events(1),
+        vec![
+            (7, reply(1, Outcome::Free)),
+            (7, reply(2, Outcome::Granted))
+        ]
+    );
+    n.remote(2, 9, 1, ClientOp::Test, 0, 5, 10, false);
+    match &n.events(2)[..] {
+        [(
+            9,
+            LocalEvent::Reply {
+                req: 1,
+                outcome: Outcome::Denied(Some(h)),
+            },
+        )] => {
+            assert_eq!((h.svid, h.offset, h.len, h.exclusive), (7, 0, 10, true));
+        }
+        e => panic!("{e:?}"),
+    }
+    n.remote(1, 7, 3, ClientOp::Unlock, 0, 0, 10, true);
+    n.remote(2, 9, 2, ClientOp::Lock { wait: false }, 0, 5, 10, true);
+    assert_eq!(n.events(2), vec![(9, reply(2, Outcome::Granted))]);
+    assert_eq!(n.hosts[2].nlm.lock().unwrap().client.held().count(), 1);
+}
+
+#[test]
+fn a_blocked_remote_lock_is_granted_by_callback_or_by_the_resent_lock() {
+    let mut n = Net::new(3);
+    n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 0, true);
+    n.remote(2, 2, 1, ClientOp::Lock { wait: true }, 0, 0, 0, true);
+    assert_eq!(n.events(2), vec![(2, reply(1, Outcome::Blocked))]);
+    n.remote(1, 1, 2, ClientOp::Unlock, 0, 0, 0, true);
+    assert_eq!(n.events(2), vec![(2, LocalEvent::Granted { req: 1 })]);
+    // Again, with host 2 deaf to GRANTED: its resent LOCK finds the grant.
+    n.remote(2, 2, 2, ClientOp::Unlock, 0, 0, 0, true);
+    n.remote(1, 1, 3, ClientOp::Lock { wait: false }, 0, 0, 0, true);
+    n.remote(2, 2, 3, ClientOp::Lock { wait: true }, 0, 0, 0, true);
+    n.events(2);
+    n.hosts[2].deaf = true;
+    n.remote(1, 1, 4, ClientOp::Unlock, 0, 0, 0, true);
+    assert!(n.events(2).is_empty(), "the callback was lost");
+    n.advance(5_100);
+    assert_eq!(n.events(2), vec![(2, LocalEvent::Granted { req: 3 })]);
+}
+
+#[test]
+fn a_closed_connection_releases_its_remote_locks_and_waits() {
+    let mut n = Net::new(3);
+    n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 0, true);
+    n.remote(1, 5, 1, ClientOp::Lock { wait: true }, 0, 0, 0, true);
+    n.remote(2, 2, 1, ClientOp::Lock { wait: true }, 0, 0, 0, true);
+    n.events(1);
+    n.events(2);
+    // Connection 5 (waiting, ahead of host 2) goes away, then 1 (holding).
+    n.hosts[1].nlm.lock().unwrap().local_disconnect(5, n.now());
+    n.settle();
+    n.hosts[1].nlm.lock().unwrap().local_disconnect(1, n.now());
+    n.settle();
+    assert_eq!(n.events(2), vec![(2, LocalEvent::Granted { req: 1 })]);
+    assert!(
+        n.events(1).is_empty(),
+        "a closed connection is told nothing"
+    );
+}
+
+#[test]
+fn after_the_server_reboots_the_client_reclaims_in_grace() {
+    let mut n = Net::new(3);
+    let store = MemHostStore::default();
+    n.hosts[0] = Host::new("10.0.0.1", store.clone(), n.t0);
+    n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 100, true);
+    assert_eq!(n.events(1), vec![(1, reply(1, Outcome::Granted))]);
+    // The server crashes and comes back with the same stable storage.
+    n.hosts[0] = Host::new("10.0.0.1", store, n.t0);
+    assert!(n.hosts[0].nlm.lock().unwrap().in_grace());
+    n.remote(2, 2, 1, ClientOp::Lock { wait: false }, 0, 10, 1, true);
+    assert_eq!(
+        n.events(2),
+        vec![(2, reply(1, Outcome::Grace))],
+        "nobody else meanwhile"
+    );
+    // Its SM_NOTIFY reaches the client's status monitor, which calls back.
+    let st = SmStatus {
+        mon_name: Name::from_text("10.0.0.1").unwrap(),
+        state: 3,
+        priv_: Default::default(),
+    };
+    let peer: SocketAddr = "127.0.0.1:700".parse().unwrap();
+    let bytes = encode_call(
+        Xid(99),
+        PROGRAM,
+        3,
+        SM_NOTIFY,
+        &Credential::None,
+        &encode(&st, 3),
+    );
+    let now = n.now();
+    n.hosts[1]
+        .d
+        .handle(peer, None, Transport::Udp, &bytes, now, 0)
+        .unwrap();
+    n.settle();
+    assert!(n.events(1).is_empty(), "reclaimed silently");
+    n.advance(2_100);
+    assert!(
+        !n.hosts[0].nlm.lock().unwrap().in_grace(),
+        "the only host reclaimed: grace over"
+    );
+    n.remote(2, 2, 2, ClientOp::Lock { wait: false }, 0, 10, 1, true);
+    assert_eq!(
+        n.events(2),
+        vec![(2, reply(2, Outcome::Denied(None)))],
+        "the reclaimed lock holds"
+    );
+}
+
+#[test]
+fn local_and_remote_lockers_queue_fairly_in_one_engine() {
+    let mut n = Net::new(2);
+    // A local program on the server holds; a remote one waits; a second
+    // local program arriving later waits behind the remote one.
+    n.local(0, 1, 1, ClientOp::Lock { wait: false }, 0, 0, true);
+    n.remote(1, 2, 1, ClientOp::Lock { wait: true }, 0, 0, 0, true);
+    n.local(0, 3, 1, ClientOp::Lock { wait: true }, 0, 0, true);
+    assert_eq!(
+        n.events(0),
+        vec![
+            (1, reply(1, Outcome::Granted)),
+            (3, reply(1, Outcome::Blocked))
+        ]
+    );
+    assert_eq!(n.events(1), vec![(2, reply(1, Outcome::Blocked))]);
+    n.local(0, 1, 2, ClientOp::Unlock, 0, 0, true);
+    assert_eq!(
+        n.events(1),
+        vec![(2, LocalEvent::Granted { req: 1 })],
+        "first come, first served"
+    );
+    assert_eq!(n.events(0), vec![(1, reply(2, Outcome::Granted))]);
+    n.remote(1, 2, 2, ClientOp::Unlock, 0, 0, 0, true);
+    assert_eq!(n.events(0), vec![(3, LocalEvent::Granted { req: 1 })]);
+    // A local program that disconnects gives its lock back.
+    n.remote(1, 2, 3, ClientOp::Lock { wait: true }, 0, 0, 0, true);
+    n.hosts[0].nlm.lock().unwrap().local_disconnect(3, n.now());
+    n.settle();
+    assert!(n.events(1).contains(&(2, LocalEvent::Granted { req: 3 })));
+}
+
+#[test]
+fn a_remote_lock_breaks_a_local_lease() {
+    let mut n = Net::new(2);
+    let now = n.now();
+    n.hosts[0]
+        .nlm
+        .lock()
+        .unwrap()
+        .local_lease(4, 1, b"file", Some(LeaseKind::Write), now);
+    n.settle();
+    assert_eq!(n.events(0), vec![(4, reply(1, Outcome::Granted))]);
+    n.remote(1, 2, 1, ClientOp::Lock { wait: true }, 0, 0, 0, true);
+    assert_eq!(
+        n.events(1),
+        vec![(2, reply(1, Outcome::Blocked))],
+        "waits while the lease is broken"
+    );
+    assert_eq!(
+        n.events(0),
+        vec![(
+            4,
+            LocalEvent::LeaseBreak {
+                fh: b"file".to_vec(),
+                to_read: false
+            }
+        )]
+    );
+    let now = n.now();
+    n.hosts[0]
+        .nlm
+        .lock()
+        .unwrap()
+        .local_lease(4, 2, b"file", None, now);
+    n.settle();
+    assert_eq!(
+        n.events(1),
+        vec![(2, LocalEvent::Granted { req: 1 })],
+        "granted once the lease is gone"
+    );
+}
+
+#[test]
+fn a_server_speaking_only_older_versions_is_used_in_its_version() {
+    let n = Net::new(2);
+    let lock = RemoteLock {
+        server: n.hosts[0].ip,
+        server_name: b"10.0.0.1".to_vec(),
+        fh: b"f".to_vec(),
+        offset: 0,
+        len: 5,
+        exclusive: true,
+    };
+    let mut c = n.hosts[1].nlm.lock().unwrap();
+    c.client
+        .request(1, 1, ClientOp::Lock { wait: false }, lock.clone());
+    let ClientAction::Call { token, vers, .. } = c.take_client_actions().remove(0) else {
+        panic!()
+    };
+    assert_eq!(vers, 4);
+    c.client.reply(
+        token,
+        Err(CallFailure::Rpc(latch_oncrpc::RpcError::ProgMismatch {
+            low: 1,
+            high: 3,
+        })),
+        0,
+    );
+    let ClientAction::Call { vers, .. } = c.take_client_actions().remove(0) else {
+        panic!()
+    };
+    assert_eq!(vers, 3, "falls back to version 3");
+    // A 64-bit range cannot be asked of a 32-bit server.
+    let wide = RemoteLock {
+        offset: 1 << 40,
+        ..lock
+    };
+    c.client.request(1, 2, ClientOp::Lock { wait: false }, wide);
+    assert!(matches!(
+        &c.take_client_actions()[..],
+        [ClientAction::Local {
+            event: LocalEvent::Reply {
+                outcome: Outcome::Failed(_),
+                ..
+            },
+            ..
+        }]
+    ));
+}
