@@ -476,16 +476,16 @@ impl ClientCore {
             }
             (Op::Lock { .. }, Stat::Blocked) => {
                 if let Some(req) = f.req {
-                    if !self.waiting.contains_key(&(f.conn, req)) {
-                        self.waiting.insert(
-                            (f.conn, req),
-                            Entry {
-                                conn: f.conn,
-                                req,
-                                lock: f.lock.clone(),
-                                last_sent_ms: now_ms,
-                            },
-                        );
+                    // A resent LOCK still blocked changes nothing.
+                    if let std::collections::btree_map::Entry::Vacant(v) =
+                        self.waiting.entry((f.conn, req))
+                    {
+                        v.insert(Entry {
+                            conn: f.conn,
+                            req,
+                            lock: f.lock.clone(),
+                            last_sent_ms: now_ms,
+                        });
                         self.monitor(&f.lock.server_name);
                         self.tell(
                             f.conn,
