@@ -38,6 +38,12 @@ pub struct Config {
     pub nsm: NsmConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    /// The admin socket (`latch locks`, `hosts`, `release`, `grace`,
+    /// `stats`), mode 0600. Empty string: none.
+    #[serde(deserialize_with = "optional_path")]
+    pub admin_socket: Option<std::path::PathBuf>,
+    /// Where `GET /metrics` is served (Prometheus); absent: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -186,6 +192,8 @@ impl Default for Config {
             nsm: NsmConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            admin_socket: Some("/run/latch/admin.sock".into()),
+            metrics_listen: None,
         }
     }
 }
@@ -333,5 +341,19 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("sometimes"), "{e}");
         let e = Config::parse("listen = []\n", "f").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn admin_socket_and_metrics() {
+        let d = Config::default();
+        assert_eq!(d.admin_socket, Some("/run/latch/admin.sock".into()));
+        assert_eq!(d.metrics_listen, None, "metrics are off by default");
+        let c = Config::parse(
+            "admin_socket = \"\"\nmetrics_listen = \"127.0.0.1:9405\"\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.admin_socket, None);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9405".parse().unwrap()));
     }
 }

@@ -1,6 +1,8 @@
 //! latchd: the Latch lock manager daemon.
 
+mod admin;
 mod config;
+mod metrics;
 mod nlm_service;
 mod nsm_service;
 mod portmap;
@@ -41,6 +43,9 @@ struct Args {
     /// Override `state_dir`.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Override `admin_socket` ("" = none).
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
     /// Parse the configuration, print it, and exit.
     #[arg(long)]
     check_config: bool,
@@ -69,6 +74,9 @@ fn load(args: &Args) -> Result<Config> {
     }
     if let Some(d) = &args.state_dir {
         cfg.state_dir = d.clone();
+    }
+    if let Some(p) = &args.admin_socket {
+        cfg.admin_socket = (!p.as_os_str().is_empty()).then(|| p.clone());
     }
     Ok(cfg)
 }
@@ -143,8 +151,9 @@ async fn run(cfg: Config) -> Result<()> {
     if let (false, Some(n)) = (separate_nsm, &nsm) {
         d.register(nsm_program(n));
     }
+    let nlm_dispatcher = Arc::new(Mutex::new(d));
     let nlm = server::serve(
-        Arc::new(Mutex::new(d)),
+        nlm_dispatcher.clone(),
         &endpoints(&cfg, cfg.nlm_port),
         None,
         limits,
@@ -202,6 +211,18 @@ async fn run(cfg: Config) -> Result<()> {
             cfg.rpcbind.port,
         ))
         .run(),
+    );
+    admin::spawn(
+        cfg.admin_socket.as_deref(),
+        cfg.metrics_listen,
+        admin::Parts {
+            nlm: nlm_core.clone(),
+            nsm: nsm.as_ref().map(|n| n.core.clone()),
+            servers: std::iter::once(("nlm", nlm.stats.clone()))
+                .chain(nsm_server.as_ref().map(|s| ("nsm", s.stats.clone())))
+                .collect(),
+            dispatchers: vec![("nlm", nlm_dispatcher.clone())],
+        },
     );
     tracing::info!(
         nsm_state = nsm.as_ref().map(|n| nsm_service::lock(&n.core).state()),

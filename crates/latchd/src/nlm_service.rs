@@ -42,11 +42,14 @@ impl Program for NlmProgram {
     }
 
     fn call(&mut self, ctx: &CallContext<'_>, args: &[u8], res: &mut Writer) -> Outcome {
+        let t0 = Instant::now();
         let mut s = lock(&self.core);
         let out = s.call(ctx, args, res);
         if s.has_actions() {
             self.wake.notify_one();
         }
+        drop(s);
+        crate::metrics::observe_nlm(ctx.proc_, t0.elapsed());
         out
     }
 }
