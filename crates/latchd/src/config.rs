@@ -36,8 +36,16 @@ pub struct Config {
     pub rpcbind: RpcbindConfig,
     pub nlm: NlmConfig,
     pub nsm: NsmConfig,
+    pub client: ClientConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    /// The local lock socket for programs on this host (`latch lock`, the
+    /// client library). Empty string: none.
+    #[serde(deserialize_with = "optional_path")]
+    pub local_socket: Option<std::path::PathBuf>,
+    /// Its file mode: who may lock. 0o666 lets every local user lock, as
+    /// fcntl() does; 0o660 with a group narrows it.
+    pub local_socket_mode: u32,
     /// The admin socket (`latch locks`, `hosts`, `release`, `grace`,
     /// `stats`), mode 0600. Empty string: none.
     #[serde(deserialize_with = "optional_path")]
@@ -91,6 +99,29 @@ impl Default for NlmConfig {
             max_hosts: 4096,
             max_locks_per_host: 1 << 16,
             max_waiters_per_file: 1024,
+        }
+    }
+}
+
+/// The client side: this host's locks on other servers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Our caller name on servers; their status monitors notify it when we
+    /// restart, so it must resolve to this host there. Empty: the host name.
+    pub name: String,
+    /// "udp" or "tcp" to the servers.
+    pub transport: String,
+    /// A blocked LOCK is sent again this often, in case its GRANTED was lost.
+    pub resend_blocked_ms: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            name: String::new(),
+            transport: "udp".into(),
+            resend_blocked_ms: 30_000,
         }
     }
 }
@@ -190,8 +221,11 @@ impl Default for Config {
             rpcbind: RpcbindConfig::default(),
             nlm: NlmConfig::default(),
             nsm: NsmConfig::default(),
+            client: ClientConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            local_socket: Some("/run/latch/latchd.sock".into()),
+            local_socket_mode: 0o666,
             admin_socket: Some("/run/latch/admin.sock".into()),
             metrics_listen: None,
         }
@@ -268,6 +302,9 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if self.listen.is_empty() {
             return Err("listen: at least one address is needed".into());
+        }
+        if !matches!(self.client.transport.as_str(), "udp" | "tcp") {
+            return Err(format!("client.transport: {:?} is neither \"udp\" nor \"tcp\"", self.client.transport));
         }
         let l = &self.limits;
         if l.max_connections == 0 || l.max_record_bytes < 1024 || l.drc_entries == 0 {

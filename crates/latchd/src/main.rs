@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod local;
 mod metrics;
 mod nlm_service;
 mod nsm_service;
@@ -46,6 +47,9 @@ struct Args {
     /// Override `admin_socket` ("" = none).
     #[arg(long)]
     admin_socket: Option<PathBuf>,
+    /// Override `local_socket` ("" = none).
+    #[arg(long)]
+    local_socket: Option<PathBuf>,
     /// Parse the configuration, print it, and exit.
     #[arg(long)]
     check_config: bool,
@@ -74,6 +78,9 @@ fn load(args: &Args) -> Result<Config> {
     }
     if let Some(d) = &args.state_dir {
         cfg.state_dir = d.clone();
+    }
+    if let Some(p) = &args.local_socket {
+        cfg.local_socket = (!p.as_os_str().is_empty()).then(|| p.clone());
     }
     if let Some(p) = &args.admin_socket {
         cfg.admin_socket = (!p.as_os_str().is_empty()).then(|| p.clone());
@@ -142,6 +149,12 @@ async fn run(cfg: Config) -> Result<()> {
     let outbound = Arc::new(nsm_service::Outbound::new().context("outgoing RPC socket")?);
     let nlm_core = start_nlm(&cfg)?;
     let nlm_wake = Arc::new(tokio::sync::Notify::new());
+    let routes: local::Routes = Arc::default();
+    if let Some(n) = &nsm {
+        // Our own LOCKs carry our NSM state, so servers can tell our reboots.
+        let state = nsm_service::lock(&n.core).state();
+        nlm_service::lock(&nlm_core).client.set_nsm_state(state);
+    }
     let mut d = new_dispatcher();
     d.register(Box::new(nlm_service::NlmProgram {
         core: nlm_core.clone(),
@@ -206,12 +219,28 @@ async fn run(cfg: Config) -> Result<()> {
     let nlm_driver = tokio::spawn(
         Arc::new(nlm_service::Driver::new(
             nlm_core.clone(),
-            nlm_wake,
+            nlm_wake.clone(),
             outbound.clone(),
             cfg.rpcbind.port,
+            routes.clone(),
+            cfg.client.transport == "tcp",
         ))
         .run(),
     );
+    let local = match &cfg.local_socket {
+        Some(path) => {
+            let svc = Arc::new(local::LocalService {
+                core: nlm_core.clone(),
+                wake: nlm_wake.clone(),
+                routes: routes.clone(),
+            });
+            Some(
+                svc.spawn(path, cfg.local_socket_mode)
+                    .with_context(|| format!("binding the local socket {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     admin::spawn(
         cfg.admin_socket.as_deref(),
         cfg.metrics_listen,
@@ -242,6 +271,12 @@ async fn run(cfg: Config) -> Result<()> {
         d.abort();
     }
     nlm_driver.abort();
+    if let Some(l) = local {
+        l.abort();
+        if let Some(p) = &cfg.local_socket {
+            let _ = std::fs::remove_file(p);
+        }
+    }
     nlm.shutdown().await;
     if let Some(n) = nsm_server {
         n.shutdown().await;
@@ -277,6 +312,15 @@ fn start_nlm(cfg: &Config) -> Result<nlm_service::Core> {
             entries_per_host: n.max_locks_per_host,
             waiters_per_file: n.max_waiters_per_file,
             ..latch_lock::Limits::default()
+        },
+        client: latch_nlm::client::ClientConfig {
+            our_name: if cfg.client.name.is_empty() {
+                nsm_service::hostname()
+            } else {
+                cfg.client.name.as_bytes().to_vec()
+            },
+            resend_blocked_ms: cfg.client.resend_blocked_ms,
+            ..latch_nlm::client::ClientConfig::default()
         },
         ..latch_nlm::NlmConfig::default()
     };

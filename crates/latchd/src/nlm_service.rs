@@ -6,6 +6,7 @@ use crate::nsm_service::Outbound;
 use latch_io::portmap::getport;
 use latch_io::CallError;
 use latch_nlm::proto::{self, Res};
+use latch_nlm::client::{CallFailure, ClientAction};
 use latch_nlm::{Action, NlmServer};
 use latch_nsm::proto as sm;
 use latch_oncrpc::{CallContext, Outcome, Program, RpcError};
@@ -69,6 +70,10 @@ pub struct Driver {
     pub wake: Arc<Notify>,
     pub out: Arc<Outbound>,
     pub local_rpcbind_port: u16,
+    /// Local programs' connections, for the client side's answers.
+    pub routes: crate::local::Routes,
+    /// Talk to remote servers over TCP rather than UDP.
+    pub client_tcp: bool,
     ports: Mutex<PortCache>,
 }
 
@@ -76,12 +81,21 @@ const MAX_IN_FLIGHT: usize = 256;
 const TICK: Duration = Duration::from_millis(100);
 
 impl Driver {
-    pub fn new(core: Core, wake: Arc<Notify>, out: Arc<Outbound>, local_rpcbind_port: u16) -> Self {
+    pub fn new(
+        core: Core,
+        wake: Arc<Notify>,
+        out: Arc<Outbound>,
+        local_rpcbind_port: u16,
+        routes: crate::local::Routes,
+        client_tcp: bool,
+    ) -> Self {
         Driver {
             core,
             wake,
             out,
             local_rpcbind_port,
+            routes,
+            client_tcp,
             ports: Mutex::new(PortCache::default()),
         }
     }
@@ -89,11 +103,25 @@ impl Driver {
     pub async fn run(self: Arc<Self>) {
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         loop {
-            let actions = {
+            let (actions, client_actions) = {
                 let mut s = lock(&self.core);
                 s.tick(Instant::now());
-                s.take_actions()
+                (s.take_actions(), s.take_client_actions())
             };
+            for a in client_actions {
+                if let ClientAction::Local { conn, event } = a {
+                    crate::local::route(&self.routes, conn, event);
+                    continue;
+                }
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.carry_out_client(a).await;
+                    drop(permit);
+                });
+            }
             for a in actions {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     return;
@@ -133,6 +161,46 @@ impl Driver {
             Action::Monitor { name } => self.monitor(&name, sm::SM_MON).await,
             Action::Unmonitor { name } => self.monitor(&name, sm::SM_UNMON).await,
         }
+    }
+
+    async fn carry_out_client(&self, a: ClientAction) {
+        match a {
+            ClientAction::Call {
+                token,
+                server,
+                vers,
+                proc_,
+                args,
+            } => {
+                let r = self.call_server(server, vers, proc_, &args).await.map_err(|e| match e {
+                    CallError::Rpc(e) => CallFailure::Rpc(e),
+                    CallError::Timeout => CallFailure::Transport(format!("server {server} does not answer")),
+                    e => CallFailure::Transport(format!("server {server}: {e}")),
+                });
+                let mut s = lock(&self.core);
+                s.client_reply(token, r, Instant::now());
+                if s.has_actions() {
+                    self.wake.notify_one();
+                }
+            }
+            ClientAction::Monitor { name } => self.monitor(&name, sm::SM_MON).await,
+            ClientAction::Local { conn, event } => crate::local::route(&self.routes, conn, event),
+        }
+    }
+
+    /// A call to a remote NLM server on behalf of a local program: UDP, or
+    /// TCP if configured (a connection per call keeps it simple; the port
+    /// mapper lookup is cached).
+    async fn call_server(&self, ip: IpAddr, vers: u32, proc_: u32, args: &[u8]) -> Result<Vec<u8>, CallError> {
+        if !self.client_tcp {
+            return self.call_client(ip, vers, proc_, args).await;
+        }
+        let c = self.out.for_ip(ip).ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
+        let port = getport(c, ip, latch_oncrpc::rpcbind::PORT, proto::PROGRAM, vers, true)
+            .await?
+            .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
+        let t = latch_io::RpcClient::tcp(SocketAddr::new(ip, port), true).await?;
+        t.call(None, proto::PROGRAM, vers, proc_, args).await
     }
 
     async fn port_of(&self, ip: IpAddr, vers: u32) -> Result<u16, CallError> {

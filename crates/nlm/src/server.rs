@@ -218,6 +218,17 @@ impl NlmServer {
         self.client.take_actions()
     }
 
+    /// The shell's report on a client-side call.
+    pub fn client_reply(
+        &mut self,
+        token: u64,
+        result: Result<Vec<u8>, crate::client::CallFailure>,
+        now: Instant,
+    ) {
+        let ms = self.ms(now);
+        self.client.reply(token, result, ms);
+    }
+
     pub(crate) fn push(&mut self, a: Action) {
         if self.actions.len() >= self.cfg.max_actions {
             self.stats.actions_dropped += 1;
