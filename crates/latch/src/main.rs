@@ -1,6 +1,8 @@
 //! `latch`: the command line for people. So far: benchmarks.
 
+mod admin;
 mod bench;
+mod probe;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -20,6 +22,38 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
+    },
+    /// Every lock, waiter and share on this host's latchd (admin socket).
+    Locks(admin::Common),
+    /// The client hosts this host's latchd knows, their NSM state and locks.
+    Hosts(admin::Common),
+    /// Drop one client host's locks, waiters and shares (not a reboot);
+    /// the waiters behind them are granted.
+    Release {
+        /// The host's caller name.
+        #[arg(long)]
+        host: String,
+        /// Only the host of that name at this address.
+        #[arg(long)]
+        addr: Option<std::net::IpAddr>,
+        #[command(flatten)]
+        common: admin::Common,
+    },
+    /// The grace period after a restart.
+    Grace {
+        /// End it now.
+        #[arg(long, required = true)]
+        end: bool,
+        #[command(flatten)]
+        common: admin::Common,
+    },
+    /// latchd's counters.
+    Stats(admin::Common),
+    /// What a server speaks (rpcbind, NLM versions, NSM), round trips, and
+    /// a lock self-test; one verdict line.
+    Probe {
+        /// Host name or address.
+        server: String,
     },
 }
 
@@ -90,7 +124,14 @@ fn protos(p: &[ProtoArg]) -> Vec<bench::Proto> {
 }
 
 fn main() -> Result<()> {
+    let admin = |c: admin::Common, op| std::process::exit(admin::run(&c.admin_socket, op, c.json));
     match Cli::parse().cmd {
+        Cmd::Locks(c) => admin(c, admin::Op::Locks),
+        Cmd::Hosts(c) => admin(c, admin::Op::Hosts),
+        Cmd::Release { host, addr, common } => admin(common, admin::Op::Release { host, addr }),
+        Cmd::Grace { end: _, common } => admin(common, admin::Op::GraceEnd),
+        Cmd::Stats(c) => admin(c, admin::Op::Stats),
+        Cmd::Probe { server } => std::process::exit(probe::run(&server)),
         Cmd::Bench {
             what:
                 BenchCmd::Null {
