@@ -228,9 +228,7 @@ impl NlmServer {
         let ids: Vec<HostId> = all
             .iter()
             .copied()
-            .filter(|id| {
-                ip.is_none_or(|ip| self.hosts.get(*id).is_some_and(|h| h.ip == ip))
-            })
+            .filter(|id| ip.is_none_or(|ip| self.hosts.get(*id).is_some_and(|h| h.ip == ip)))
             .collect();
         for &id in &ids {
             self.release_host(id, now);
