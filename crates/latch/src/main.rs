@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod cmd_lock;
 mod probe;
 
 use anyhow::Result;
@@ -49,12 +50,87 @@ enum Cmd {
     },
     /// latchd's counters.
     Stats(admin::Common),
+    /// Run CMD while holding a lock on a file of SERVER (`local`: this
+    /// host), through the local latchd: the network flock(1). Exits with
+    /// CMD's code; see README for latch's own codes.
+    Lock {
+        #[command(flatten)]
+        file: FileArgs,
+        /// Share the range with other shared holders.
+        #[arg(long)]
+        shared: bool,
+        /// Wait for the lock (forever, or this long: 30s, 5m, 250ms).
+        #[arg(long, num_args = 0..=1, default_missing_value = "forever")]
+        wait: Option<String>,
+        /// The command to run (without one: hold until interrupted).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Whether a range is free; exit 1 and the holder if not.
+    Test {
+        #[command(flatten)]
+        file: FileArgs,
+        #[arg(long)]
+        shared: bool,
+    },
     /// What a server speaks (rpcbind, NLM versions, NSM), round trips, and
     /// a lock self-test; one verdict line.
     Probe {
         /// Host name or address.
         server: String,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct FileArgs {
+    /// The NLM server (name or address), or `local` for this host.
+    server: String,
+    /// The file: a name (its bytes are the handle, as latchd servers take
+    /// any opaque handle), or give the handle with --fh.
+    file: String,
+    /// The file handle in hex.
+    #[arg(long)]
+    fh: Option<String>,
+    /// OFFSET:LENGTH (LENGTH 0 or empty: to the end). Default: whole file.
+    #[arg(long)]
+    range: Option<String>,
+    /// latchd's local socket.
+    #[arg(long, default_value = latch::client::DEFAULT_SOCKET)]
+    socket: String,
+}
+
+impl FileArgs {
+    fn spec(&self, shared: bool) -> std::result::Result<latch::client::LockSpec, String> {
+        let t = cmd_lock::target(&self.server, &self.file, self.fh.as_deref())?;
+        let (offset, len) = cmd_lock::range(self.range.as_deref())?;
+        Ok(latch::client::LockSpec {
+            server: t.server,
+            file: t.file,
+            offset,
+            len,
+            exclusive: !shared,
+        })
+    }
+}
+
+/// Runs an async command on a small runtime and exits with its code.
+fn run_async(f: impl std::future::Future<Output = u8>) -> ! {
+    let code = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("latch: {e}");
+            cmd_lock::exit::CANNOT_RUN
+        }
+    };
+    std::process::exit(i32::from(code))
+}
+
+fn usage(msg: String) -> ! {
+    eprintln!("latch: {msg}");
+    std::process::exit(2)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -132,6 +208,35 @@ fn main() -> Result<()> {
         Cmd::Grace { end: _, common } => admin(common, admin::Op::GraceEnd),
         Cmd::Stats(c) => admin(c, admin::Op::Stats),
         Cmd::Probe { server } => std::process::exit(probe::run(&server)),
+        Cmd::Lock {
+            file,
+            shared,
+            wait,
+            cmd,
+        } => {
+            let spec = file.spec(shared).unwrap_or_else(|e| usage(e));
+            let wait = match wait.as_deref() {
+                None => None,
+                Some("forever") => Some(None),
+                Some(d) => Some(Some(cmd_lock::duration(d).unwrap_or_else(|e| usage(e)))),
+            };
+            run_async(cmd_lock::lock(cmd_lock::LockArgs {
+                socket: file.socket.clone(),
+                target: cmd_lock::Target {
+                    server: spec.server,
+                    file: spec.file,
+                },
+                offset: spec.offset,
+                len: spec.len,
+                shared,
+                wait,
+                cmd,
+            }))
+        }
+        Cmd::Test { file, shared } => {
+            let spec = file.spec(shared).unwrap_or_else(|e| usage(e));
+            run_async(cmd_lock::test(&file.socket, spec))
+        }
         Cmd::Bench {
             what:
                 BenchCmd::Null {

@@ -304,7 +304,10 @@ impl Config {
             return Err("listen: at least one address is needed".into());
         }
         if !matches!(self.client.transport.as_str(), "udp" | "tcp") {
-            return Err(format!("client.transport: {:?} is neither \"udp\" nor \"tcp\"", self.client.transport));
+            return Err(format!(
+                "client.transport: {:?} is neither \"udp\" nor \"tcp\"",
+                self.client.transport
+            ));
         }
         let l = &self.limits;
         if l.max_connections == 0 || l.max_record_bytes < 1024 || l.drc_entries == 0 {

@@ -74,7 +74,11 @@ pub struct LocalService {
 
 impl LocalService {
     /// Binds `path` with file mode `mode` and serves it until the task ends.
-    pub fn spawn(self: Arc<Self>, path: &Path, mode: u32) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    pub fn spawn(
+        self: Arc<Self>,
+        path: &Path,
+        mode: u32,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
@@ -167,7 +171,8 @@ impl LocalService {
     /// Hands a request to the NLM machine; its answer comes back as an
     /// event. `Err` carries an immediate answer (a malformed request).
     async fn request(&self, conn: ConnId, line: &str) -> Result<(), Value> {
-        let r: Request = serde_json::from_str(line).map_err(|e| json!({"status": "failed", "error": format!("bad request: {e}")}))?;
+        let r: Request = serde_json::from_str(line)
+            .map_err(|e| json!({"status": "failed", "error": format!("bad request: {e}")}))?;
         let fail = |msg: String| json!({"id": r.id, "status": "failed", "error": msg});
         let fh = hex_decode(&r.fh).ok_or_else(|| fail("fh must be hex".into()))?;
         if fh.is_empty() || fh.len() > 1024 {
@@ -194,10 +199,21 @@ impl LocalService {
         match r.server.as_deref() {
             None | Some("local") | Some("") => {
                 let mut n = lock(&self.core);
-                n.local_request(conn, r.id, op, &fh, r.offset, r.len, r.exclusive, Instant::now());
+                n.local_request(
+                    conn,
+                    r.id,
+                    op,
+                    &fh,
+                    r.offset,
+                    r.len,
+                    r.exclusive,
+                    Instant::now(),
+                );
             }
             Some(name) => {
-                let server = resolve(name).await.ok_or_else(|| fail(format!("cannot resolve server {name:?}")))?;
+                let server = resolve(name)
+                    .await
+                    .ok_or_else(|| fail(format!("cannot resolve server {name:?}")))?;
                 let l = RemoteLock {
                     server,
                     server_name: name.as_bytes().to_vec(),
@@ -234,7 +250,10 @@ async fn resolve(name: &str) -> Option<IpAddr> {
         return Some(ip);
     }
     let lookup = tokio::net::lookup_host((name, 0));
-    let addrs = tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await.ok()?.ok()?;
+    let addrs = tokio::time::timeout(std::time::Duration::from_secs(5), lookup)
+        .await
+        .ok()?
+        .ok()?;
     addrs.map(|a| a.ip()).next()
 }
 
@@ -275,7 +294,12 @@ fn event_json(ev: &LocalEvent) -> Value {
             v
         }
         LocalEvent::Granted { req } => json!({"event": "granted", "id": req}),
-        LocalEvent::Lost { server, fh, offset, len } => {
+        LocalEvent::Lost {
+            server,
+            fh,
+            offset,
+            len,
+        } => {
             json!({"event": "lost", "server": server.to_string(), "fh": hex(fh), "offset": offset, "len": len})
         }
         LocalEvent::LeaseBreak { fh, to_read } => {

@@ -5,8 +5,8 @@
 use crate::nsm_service::Outbound;
 use latch_io::portmap::getport;
 use latch_io::CallError;
-use latch_nlm::proto::{self, Res};
 use latch_nlm::client::{CallFailure, ClientAction};
+use latch_nlm::proto::{self, Res};
 use latch_nlm::{Action, NlmServer};
 use latch_nsm::proto as sm;
 use latch_oncrpc::{CallContext, Outcome, Program, RpcError};
@@ -172,11 +172,16 @@ impl Driver {
                 proc_,
                 args,
             } => {
-                let r = self.call_server(server, vers, proc_, &args).await.map_err(|e| match e {
-                    CallError::Rpc(e) => CallFailure::Rpc(e),
-                    CallError::Timeout => CallFailure::Transport(format!("server {server} does not answer")),
-                    e => CallFailure::Transport(format!("server {server}: {e}")),
-                });
+                let r = self
+                    .call_server(server, vers, proc_, &args)
+                    .await
+                    .map_err(|e| match e {
+                        CallError::Rpc(e) => CallFailure::Rpc(e),
+                        CallError::Timeout => {
+                            CallFailure::Transport(format!("server {server} does not answer"))
+                        }
+                        e => CallFailure::Transport(format!("server {server}: {e}")),
+                    });
                 let mut s = lock(&self.core);
                 s.client_reply(token, r, Instant::now());
                 if s.has_actions() {
@@ -191,14 +196,30 @@ impl Driver {
     /// A call to a remote NLM server on behalf of a local program: UDP, or
     /// TCP if configured (a connection per call keeps it simple; the port
     /// mapper lookup is cached).
-    async fn call_server(&self, ip: IpAddr, vers: u32, proc_: u32, args: &[u8]) -> Result<Vec<u8>, CallError> {
+    async fn call_server(
+        &self,
+        ip: IpAddr,
+        vers: u32,
+        proc_: u32,
+        args: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
         if !self.client_tcp {
             return self.call_client(ip, vers, proc_, args).await;
         }
-        let c = self.out.for_ip(ip).ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
-        let port = getport(c, ip, latch_oncrpc::rpcbind::PORT, proto::PROGRAM, vers, true)
-            .await?
+        let c = self
+            .out
+            .for_ip(ip)
             .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
+        let port = getport(
+            c,
+            ip,
+            latch_oncrpc::rpcbind::PORT,
+            proto::PROGRAM,
+            vers,
+            true,
+        )
+        .await?
+        .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
         let t = latch_io::RpcClient::tcp(SocketAddr::new(ip, port), true).await?;
         t.call(None, proto::PROGRAM, vers, proc_, args).await
     }
