@@ -1,7 +1,12 @@
 //! The client side against a real server machine, wired back to back
 //! through RPC dispatchers (calls and callbacks as bytes), with local
 //! programs on both hosts.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, clippy::too_many_arguments)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::too_many_arguments
+)]
 
 use latch_lock::LeaseKind;
 use latch_nlm::client::{
