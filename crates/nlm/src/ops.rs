@@ -117,9 +117,34 @@ impl NlmServer {
             return Stat::StaleFh;
         }
         let name = a.lock.caller_name.as_bytes();
+        let created = self.hosts.find(name, peer).is_none();
         let Some(host) = self.hosts.intern(name, peer, self.cfg.max_hosts, now) else {
             return Stat::DeniedNolocks;
         };
+        let stat = self.lock_as(host, peer, a, vers, nm, msg, now);
+        self.forget_if_new(host, created);
+        stat
+    }
+
+    /// A host this request created but that holds nothing after it is not
+    /// kept: refused requests with made-up names cannot fill the table.
+    fn forget_if_new(&mut self, host: HostId, created: bool) {
+        if created && self.engine.host_entries(host) == 0 && !self.grants.involves(host) {
+            self.hosts.remove(host);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lock_as(
+        &mut self,
+        host: HostId,
+        peer: IpAddr,
+        a: &LockArgs,
+        vers: u32,
+        nm: bool,
+        msg: bool,
+        now: u64,
+    ) -> Stat {
         if !nm {
             self.check_reboot(host, a.state, now);
         }
@@ -289,12 +314,27 @@ impl NlmServer {
         else {
             return Stat::Failed;
         };
+        let created = self.hosts.find(s.caller_name.as_bytes(), peer).is_none();
         let Some(host) = self
             .hosts
             .intern(s.caller_name.as_bytes(), peer, self.cfg.max_hosts, now)
         else {
             return Stat::DeniedNolocks;
         };
+        let stat = self.share_as(host, a, access, deny, now);
+        self.forget_if_new(host, created);
+        stat
+    }
+
+    fn share_as(
+        &mut self,
+        host: HostId,
+        a: &ShareArgs,
+        access: ShareBits,
+        deny: ShareBits,
+        now: u64,
+    ) -> Stat {
+        let s = &a.share;
         self.grace.note_request(&s.caller_name, a.reclaim, now);
         // Shares have no svid: the owner is the host and the owner handle.
         let owner = Owner::new(host, 0, s.oh.as_bytes());

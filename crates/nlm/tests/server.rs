@@ -650,6 +650,33 @@ fn grace_ends_at_its_timeout_and_without_previous_hosts_there_is_none() {
 }
 
 #[test]
+fn refused_requests_do_not_fill_the_host_table() {
+    let store = MemHostStore::default();
+    store.names.lock().unwrap().insert(b"someone".to_vec());
+    let cfg = NlmConfig {
+        max_hosts: 2,
+        ..NlmConfig::default()
+    };
+    let mut r = Rig::new(cfg, store);
+    // During grace, a flood of made-up names is refused and forgotten...
+    for i in 0..50 {
+        let l = lk(&format!("fake{i}"), 1, b"f", 0, 1);
+        assert_eq!(r.lock(B, 4, &la(&l, true, false)), Stat::DeniedGracePeriod);
+    }
+    assert_eq!(r.srv.lock().unwrap().hosts().len(), 0);
+    r.srv.lock().unwrap().end_grace();
+    // ...so real hosts still find room.
+    assert_eq!(
+        r.lock(A, 4, &la(&lk("a", 1, b"f", 0, 1), true, false)),
+        Stat::Granted
+    );
+    assert_eq!(
+        r.lock(C, 4, &la(&lk("c", 1, b"f", 5, 1), true, false)),
+        Stat::Granted
+    );
+}
+
+#[test]
 fn limits_answer_denied_nolocks() {
     let cfg = NlmConfig {
         max_hosts: 1,
