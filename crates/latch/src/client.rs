@@ -302,6 +302,16 @@ impl Client {
         }
     }
 
+    /// Releases the range for every connection of this user that holds part
+    /// of it (a lock left by another of our processes); returns how many.
+    pub async fn release_mine(&self, spec: &LockSpec) -> Result<u64, Error> {
+        let (reply, _) = self.send(Self::request("release", spec), false).await?;
+        match reply["status"].as_str() {
+            Some("granted") => Ok(reply["released"].as_u64().unwrap_or(0)),
+            _ => Err(status_error(&reply)),
+        }
+    }
+
     /// Takes (`Some(true)`: write, `Some(false)`: read) or gives up (`None`)
     /// a lease on a file of this host. Conflicting requests from anyone
     /// else start a break, announced as [`Event::LeaseBreak`].

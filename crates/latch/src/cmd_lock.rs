@@ -205,6 +205,27 @@ pub async fn test(socket: &str, spec: LockSpec) -> u8 {
     }
 }
 
+/// `latch unlock`: releases the range wherever this user holds it (a lock
+/// is its process's; this is for one left by another process of yours,
+/// such as a `latch lock` without a command). Exit 1 if none held it.
+pub async fn unlock(socket: &str, spec: LockSpec) -> u8 {
+    let client = match Client::connect(socket).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match client.release_mine(&spec).await {
+        Ok(0) => {
+            eprintln!("latch: none of your locks covers that range");
+            exit::BUSY
+        }
+        Ok(n) => {
+            println!("released the range for {n} of your lock holders");
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 fn fail(e: &Error) -> u8 {
     eprintln!("latch: {}", describe(e));
     error_code(e)

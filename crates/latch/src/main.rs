@@ -66,6 +66,13 @@ enum Cmd {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
+    /// Release a range wherever *you* hold it (locks belong to the process
+    /// that took them; this frees one left by another process of yours,
+    /// such as `latch lock` without a command).
+    Unlock {
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Whether a range is free; exit 1 and the holder if not.
     Test {
         #[command(flatten)]
@@ -232,6 +239,10 @@ fn main() -> Result<()> {
                 wait,
                 cmd,
             }))
+        }
+        Cmd::Unlock { file } => {
+            let spec = file.spec(false).unwrap_or_else(|e| usage(e));
+            run_async(cmd_lock::unlock(&file.socket, spec))
         }
         Cmd::Test { file, shared } => {
             let spec = file.spec(shared).unwrap_or_else(|e| usage(e));

@@ -13,8 +13,10 @@
 //! -> {"id":2,"op":"unlock","server":"10.0.0.1","fh":"6162","offset":0,"len":0}
 //! <- {"id":2,"status":"granted"}
 //! ```
-//! `op` is `lock`, `test`, `unlock`, `cancel` or `lease` (`kind`: `read`,
-//! `write` or `none`; local files only). `server` absent or `"local"` means
+//! `op` is `lock`, `test`, `unlock`, `cancel`, `lease` (`kind`: `read`,
+//! `write` or `none`; local files only) or `release` (unlock the range for
+//! every connection of the caller's uid: `latch unlock`; answered with
+//! `released`: how many held some of it, each of which gets a `lost` event). `server` absent or `"local"` means
 //! this host's own engine. Statuses: granted, blocked, free, denied (with
 //! `holder`), deadlock, grace, nolocks, failed (with `error`). Other events:
 //! `lost` (a lock a rebooted server did not give back), `lease_break`,
@@ -35,8 +37,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Notify};
 
-/// Where events for each connection go.
-pub type Routes = Arc<Mutex<HashMap<ConnId, mpsc::Sender<LocalEvent>>>>;
+/// A local connection: where its events go, and whose it is.
+pub struct Route {
+    tx: mpsc::Sender<LocalEvent>,
+    uid: u32,
+}
+
+/// Every local connection.
+pub type Routes = Arc<Mutex<HashMap<ConnId, Route>>>;
 
 /// Bounds: a line, events queued for a slow reader, connections.
 const MAX_LINE: usize = 8192;
@@ -110,13 +118,15 @@ impl LocalService {
         }))
     }
 
-    fn routes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, mpsc::Sender<LocalEvent>>> {
+    fn routes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Route>> {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn serve(&self, conn: ConnId, stream: UnixStream) {
         let (tx, mut rx) = mpsc::channel::<LocalEvent>(MAX_QUEUED);
-        self.routes_lock().insert(conn, tx);
+        // Unknown credentials match nobody's (see `release`).
+        let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
+        self.routes_lock().insert(conn, Route { tx, uid });
         let (r, mut w) = stream.into_split();
         let mut r = BufReader::new(r);
         let mut line: Vec<u8> = Vec::new();
@@ -147,7 +157,7 @@ impl LocalService {
                     if text.trim().is_empty() {
                         continue;
                     }
-                    if let Err(reply) = self.request(conn, &text).await {
+                    if let Err(reply) = self.request(conn, uid, &text).await {
                         if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                             break 'conn;
                         }
@@ -169,8 +179,9 @@ impl LocalService {
     }
 
     /// Hands a request to the NLM machine; its answer comes back as an
-    /// event. `Err` carries an immediate answer (a malformed request).
-    async fn request(&self, conn: ConnId, line: &str) -> Result<(), Value> {
+    /// event. `Err` carries an answer to send at once (a malformed request,
+    /// or `release`, which is answered here).
+    async fn request(&self, conn: ConnId, uid: u32, line: &str) -> Result<(), Value> {
         let r: Request = serde_json::from_str(line)
             .map_err(|e| json!({"status": "failed", "error": format!("bad request: {e}")}))?;
         let fail = |msg: String| json!({"id": r.id, "status": "failed", "error": msg});
@@ -193,6 +204,41 @@ impl LocalService {
                 lock(&self.core).local_lease(conn, r.id, &fh, kind, Instant::now());
                 self.wake.notify_one();
                 return Ok(());
+            }
+            // `latch unlock`: this user's locks on the range, whichever of
+            // their connections holds them.
+            "release" => {
+                let conns: Vec<ConnId> = self
+                    .routes_lock()
+                    .iter()
+                    .filter(|(_, r)| r.uid == uid && uid != u32::MAX)
+                    .map(|(c, _)| *c)
+                    .collect();
+                let n = match r.server.as_deref() {
+                    None | Some("local") | Some("") => lock(&self.core).local_unlock_for(
+                        &conns,
+                        &fh,
+                        r.offset,
+                        r.len,
+                        Instant::now(),
+                    ),
+                    Some(name) => {
+                        let server = resolve(name)
+                            .await
+                            .ok_or_else(|| fail(format!("cannot resolve server {name:?}")))?;
+                        let l = RemoteLock {
+                            server,
+                            server_name: name.as_bytes().to_vec(),
+                            fh,
+                            offset: r.offset,
+                            len: r.len,
+                            exclusive: true,
+                        };
+                        lock(&self.core).client.unlock_for(&conns, &l)
+                    }
+                };
+                self.wake.notify_one();
+                return Err(json!({"id": r.id, "status": "granted", "released": n}));
             }
             other => return Err(fail(format!("unknown op {other:?}"))),
         };
@@ -236,7 +282,7 @@ impl LocalService {
 pub fn route(routes: &Routes, conn: ConnId, ev: LocalEvent) {
     let mut r = routes.lock().unwrap_or_else(PoisonError::into_inner);
     let full = match r.get(&conn) {
-        Some(tx) => tx.try_send(ev).is_err(),
+        Some(route) => route.tx.try_send(ev).is_err(),
         None => false,
     };
     if full {

@@ -287,6 +287,39 @@ fn latch_lock_waits_for_the_holder_and_a_killed_holder_releases() {
 }
 
 #[test]
+fn latch_unlock_frees_a_lock_held_by_another_of_your_processes() {
+    let h = Hosts::new();
+    for (server, sock) in [(SERVER_IP, h.sock("client")), ("local", h.sock("server"))] {
+        // `latch lock` without a command holds until interrupted.
+        let mut holder = h.latch(&["lock", server, "u", "--socket", &sock]);
+        assert!(
+            until_test(&h, &[server, "u", "--socket", &sock], 1, 10),
+            "{server}: never held"
+        );
+        let out = Command::new(latch_bin())
+            .args(["unlock", server, "u", "--socket", &sock])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{server}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            until_test(&h, &[server, "u", "--socket", &sock], 0, 10),
+            "{server}: still held"
+        );
+        // Nothing of ours is left there now.
+        let again = Command::new(latch_bin())
+            .args(["unlock", server, "u", "--socket", &sock])
+            .status()
+            .unwrap();
+        assert_eq!(again.code(), Some(1), "{server}");
+        kill_group(&mut holder);
+    }
+}
+
+#[test]
 fn the_library_example_never_loses_an_update() {
     let h = Hosts::new();
     let sock = h.sock("client");

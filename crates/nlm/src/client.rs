@@ -365,6 +365,52 @@ impl ClientCore {
         });
     }
 
+    /// Unlocks, on behalf of the connections in `conns`, what they hold of
+    /// `lock`'s range, and tells each holder its lock is gone (`latch
+    /// unlock`: a user releasing a lock held by another of their own
+    /// processes). Returns how many holders there were.
+    pub fn unlock_for(&mut self, conns: &[ConnId], lock: &RemoteLock) -> usize {
+        let end = |l: &RemoteLock| {
+            if l.len == 0 {
+                u64::MAX
+            } else {
+                l.offset.saturating_add(l.len - 1)
+            }
+        };
+        let holders: Vec<ConnId> = self
+            .held
+            .iter()
+            .filter(|e| {
+                conns.contains(&e.conn)
+                    && e.lock.server == lock.server
+                    && e.lock.fh == lock.fh
+                    && e.lock.offset <= end(lock)
+                    && lock.offset <= end(&e.lock)
+            })
+            .map(|e| e.conn)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for &conn in &holders {
+            self.forget_held(conn, lock);
+            self.send(InFlight {
+                conn,
+                req: None,
+                op: Op::Unlock,
+                lock: lock.clone(),
+                vers: 4,
+            });
+            let ev = LocalEvent::Lost {
+                server: lock.server,
+                fh: lock.fh.clone(),
+                offset: lock.offset,
+                len: lock.len,
+            };
+            self.tell(conn, ev);
+        }
+        holders.len()
+    }
+
     /// The connection is gone: unlock what it holds, cancel what it waits
     /// for. Nobody is told.
     pub fn disconnect(&mut self, conn: ConnId) {

@@ -142,6 +142,47 @@ impl NlmServer {
         self.client.tell(conn, LocalEvent::Reply { req, outcome });
     }
 
+    /// Unlocks `fh`'s range for every connection in `conns` that holds part
+    /// of it on this host's engine, telling each (`latch unlock`). Returns
+    /// how many held something there.
+    pub fn local_unlock_for(
+        &mut self,
+        conns: &[ConnId],
+        fh: &[u8],
+        offset: u64,
+        len: u64,
+        now: Instant,
+    ) -> usize {
+        let now = self.ms(now);
+        let file = FileKey::new(fh);
+        let range = Range::from_offset_len(offset, len);
+        let mut n = 0;
+        for &conn in conns {
+            let owner = local_owner(conn);
+            let holds = self
+                .engine
+                .locks(&file)
+                .iter()
+                .any(|h| h.owner == owner && h.range.overlaps(range));
+            if !holds {
+                continue;
+            }
+            if let Ok(reply) = self.engine.unlock(&file, &owner, range) {
+                self.deliver(reply.events, now);
+                n += 1;
+                let server = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+                let ev = LocalEvent::Lost {
+                    server,
+                    fh: fh.to_vec(),
+                    offset,
+                    len,
+                };
+                self.client.tell(conn, ev);
+            }
+        }
+        n
+    }
+
     /// The connection is gone: everything it held or waited for here goes,
     /// and its remote locks are released on their servers.
     pub fn local_disconnect(&mut self, conn: ConnId, now: Instant) {
