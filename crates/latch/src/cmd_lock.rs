@@ -28,6 +28,8 @@ pub mod exit {
 pub struct Target {
     pub server: Option<String>,
     pub file: Vec<u8>,
+    /// An NFS path still to resolve to its handle: (host, path).
+    pub nfs: Option<(String, String)>,
 }
 
 /// `SERVER` is a name or address, or `local` for this host; `FILE` names
@@ -49,14 +51,23 @@ pub fn target(server: &str, file: &str, fh: Option<&str>) -> Result<Target, Stri
                 _ => return Err(format!("--fh {h:?} is not an even number of hex digits")),
             }
         }
-        None if file.contains(":/") => {
-            return Err(format!(
-                "{file:?} looks like an NFS path; resolving those (MOUNT + LOOKUP) is not supported yet: give the handle with --fh"
-            ))
+        None => {
+            if let Some((host, path)) = latch::nfs::split(file) {
+                let nfs = Some((host.to_string(), path.to_string()));
+                return Ok(Target {
+                    server,
+                    file: Vec::new(),
+                    nfs,
+                });
+            }
+            file.as_bytes().to_vec()
         }
-        None => file.as_bytes().to_vec(),
     };
-    Ok(Target { server, file })
+    Ok(Target {
+        server,
+        file,
+        nfs: None,
+    })
 }
 
 /// `OFF:LEN` (LEN 0 or empty: to the end).
@@ -114,13 +125,16 @@ pub struct LockArgs {
 /// Takes the lock, runs CMD, releases. The lock is held by this process's
 /// connection to latchd: if this process dies, latchd releases it.
 pub async fn lock(a: LockArgs) -> u8 {
-    let spec = LockSpec {
+    let mut spec = LockSpec {
         server: a.target.server.clone(),
         file: a.target.file.clone(),
         offset: a.offset,
         len: a.len,
         exclusive: !a.shared,
     };
+    if let Err(code) = resolve(&mut spec, &a.target.nfs).await {
+        return code;
+    }
     let tty = std::io::stderr().is_terminal();
     let client = match Client::connect(&a.socket).await {
         Ok(c) => c,
@@ -226,6 +240,37 @@ pub async fn unlock(socket: &str, spec: LockSpec) -> u8 {
     }
 }
 
+/// Fills in the handle of an NFS path (MOUNT + LOOKUP on its server).
+pub async fn resolve(spec: &mut LockSpec, nfs: &Option<(String, String)>) -> Result<(), u8> {
+    if let Some((host, path)) = nfs {
+        match latch::nfs::file_handle(host, path).await {
+            Ok(fh) => spec.file = fh,
+            Err(e) => {
+                eprintln!("latch: {e}");
+                return Err(exit::SERVER);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `latch fh SERVER:/PATH`: prints the file handle in hex.
+pub async fn fh(host: &str, path: &str) -> u8 {
+    match latch::nfs::file_handle(host, path).await {
+        Ok(fh) => {
+            println!(
+                "{}",
+                fh.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("latch: {e}");
+            exit::SERVER
+        }
+    }
+}
+
 fn fail(e: &Error) -> u8 {
     eprintln!("latch: {}", describe(e));
     error_code(e)
@@ -260,9 +305,8 @@ mod tests {
         assert_eq!((t.server, t.file), (None, b"db/lock".to_vec()));
         assert_eq!(target("srv", "x", Some("0a0B")).unwrap().file, vec![10, 11]);
         assert!(target("srv", "x", Some("abc")).is_err());
-        assert!(target("srv", "nfs:/export/a", None)
-            .unwrap_err()
-            .contains("--fh"));
+        let t = target("srv", "nfs:/export/a", None).unwrap();
+        assert_eq!(t.nfs, Some(("nfs".to_string(), "/export/a".to_string())));
         assert_eq!(range(Some("10:20")).unwrap(), (10, 20));
         assert_eq!(range(Some("10:")).unwrap(), (10, 0));
         assert_eq!(range(None).unwrap(), (0, 0));

@@ -2,3 +2,4 @@
 //! local latchd. See [`client`].
 
 pub mod client;
+pub mod nfs;

@@ -7,6 +7,7 @@ mod probe;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use latch::client::LockSpec;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -73,6 +74,11 @@ enum Cmd {
         #[command(flatten)]
         file: FileArgs,
     },
+    /// Print the NFS file handle of SERVER:/PATH (MOUNT v3 + LOOKUP), in hex.
+    Fh {
+        /// SERVER:/export/path
+        path: String,
+    },
     /// Whether a range is free; exit 1 and the holder if not.
     Test {
         #[command(flatten)]
@@ -107,18 +113,22 @@ struct FileArgs {
 }
 
 impl FileArgs {
-    fn spec(&self, shared: bool) -> std::result::Result<latch::client::LockSpec, String> {
+    /// The lock, and the NFS path whose handle it still needs.
+    fn spec(&self, shared: bool) -> Result<(LockSpec, NfsPath), String> {
         let t = cmd_lock::target(&self.server, &self.file, self.fh.as_deref())?;
         let (offset, len) = cmd_lock::range(self.range.as_deref())?;
-        Ok(latch::client::LockSpec {
+        let spec = LockSpec {
             server: t.server,
             file: t.file,
             offset,
             len,
             exclusive: !shared,
-        })
+        };
+        Ok((spec, t.nfs))
     }
 }
+
+type NfsPath = Option<(String, String)>;
 
 /// Runs an async command on a small runtime and exits with its code.
 fn run_async(f: impl std::future::Future<Output = u8>) -> ! {
@@ -221,7 +231,7 @@ fn main() -> Result<()> {
             wait,
             cmd,
         } => {
-            let spec = file.spec(shared).unwrap_or_else(|e| usage(e));
+            let (spec, nfs) = file.spec(shared).unwrap_or_else(|e| usage(e));
             let wait = match wait.as_deref() {
                 None => None,
                 Some("forever") => Some(None),
@@ -232,6 +242,7 @@ fn main() -> Result<()> {
                 target: cmd_lock::Target {
                     server: spec.server,
                     file: spec.file,
+                    nfs,
                 },
                 offset: spec.offset,
                 len: spec.len,
@@ -241,12 +252,29 @@ fn main() -> Result<()> {
             }))
         }
         Cmd::Unlock { file } => {
-            let spec = file.spec(false).unwrap_or_else(|e| usage(e));
-            run_async(cmd_lock::unlock(&file.socket, spec))
+            let (mut spec, nfs) = file.spec(false).unwrap_or_else(|e| usage(e));
+            run_async(async move {
+                match cmd_lock::resolve(&mut spec, &nfs).await {
+                    Ok(()) => cmd_lock::unlock(&file.socket, spec).await,
+                    Err(c) => c,
+                }
+            })
         }
         Cmd::Test { file, shared } => {
-            let spec = file.spec(shared).unwrap_or_else(|e| usage(e));
-            run_async(cmd_lock::test(&file.socket, spec))
+            let (mut spec, nfs) = file.spec(shared).unwrap_or_else(|e| usage(e));
+            run_async(async move {
+                match cmd_lock::resolve(&mut spec, &nfs).await {
+                    Ok(()) => cmd_lock::test(&file.socket, spec).await,
+                    Err(c) => c,
+                }
+            })
+        }
+        Cmd::Fh { path } => {
+            let Some((host, p)) = latch::nfs::split(&path) else {
+                usage(format!("{path:?} is not SERVER:/PATH"))
+            };
+            let (host, p) = (host.to_string(), p.to_string());
+            run_async(async move { cmd_lock::fh(&host, &p).await })
         }
         Cmd::Bench {
             what:
