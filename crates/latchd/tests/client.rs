@@ -319,6 +319,56 @@ fn latch_unlock_frees_a_lock_held_by_another_of_your_processes() {
     }
 }
 
+/// One JSON line to latchd's local socket and the answers until `until`.
+fn jsonl(stream: &mut std::os::unix::net::UnixStream, line: &str) {
+    use std::io::Write;
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+}
+
+fn read_line(r: &mut std::io::BufReader<std::os::unix::net::UnixStream>) -> serde_json::Value {
+    use std::io::BufRead;
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l:?}: {e}"))
+}
+
+#[test]
+fn a_local_lease_is_broken_by_a_remote_lock_which_waits_for_it() {
+    let h = Hosts::new();
+    // A program on the server host takes a write lease through the socket.
+    let mut s = std::os::unix::net::UnixStream::connect(h.sock("server")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    jsonl(&mut s, r#"{"id":1,"op":"lease","fh":"6c","kind":"write"}"#);
+    assert_eq!(read_line(&mut r)["status"], "granted");
+    // A remote client wants the file: it waits, and the holder hears.
+    let mut waiter = h.latch(&[
+        "lock",
+        SERVER_IP,
+        "l",
+        "--wait=20s",
+        "--socket",
+        &h.sock("client"),
+        "--",
+        "true",
+    ]);
+    let ev = read_line(&mut r);
+    assert_eq!(
+        (ev["event"].as_str(), ev["fh"].as_str(), ev["to"].as_str()),
+        (Some("lease_break"), Some("6c"), Some("none")),
+        "{ev}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "not granted over a lease being broken"
+    );
+    // The holder gives the lease up: the remote lock is granted.
+    jsonl(&mut s, r#"{"id":2,"op":"lease","fh":"6c","kind":"none"}"#);
+    assert_eq!(read_line(&mut r)["status"], "granted");
+    assert!(waiter.wait().unwrap().success());
+}
+
 #[test]
 fn the_library_example_never_loses_an_update() {
     let h = Hosts::new();
