@@ -1,7 +1,7 @@
 //! latchd: the Latch lock manager daemon.
 
 mod admin;
-mod config;
+use latchd::config;
 mod local;
 mod metrics;
 mod nlm_service;
