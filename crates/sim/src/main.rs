@@ -3,6 +3,7 @@
 //! ```text
 //! sim --seeds N [--start S]   N seeds (S, S+1, ...; S random if not given)
 //! sim --seed S [--trace] [--pcap FILE]   one seed, replayed exactly
+//! --lenient-reclaim   checker 5 tolerates reclaims of whole requests
 //! ```
 //! Prints every failing seed with a one-line reason, and at the end the
 //! seeds run, the simulated hours and the faults exercised.
@@ -16,6 +17,7 @@ struct Args {
     start: Option<u64>,
     trace: bool,
     pcap: Option<std::path::PathBuf>,
+    lenient_reclaim: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -25,6 +27,7 @@ fn parse() -> Result<Args, String> {
         start: None,
         trace: false,
         pcap: None,
+        lenient_reclaim: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, what: &str| -> Result<u64, String> {
@@ -42,10 +45,11 @@ fn parse() -> Result<Args, String> {
             "--seeds" => a.seeds = num(it.next(), "--seeds")?,
             "--start" => a.start = Some(num(it.next(), "--start")?),
             "--trace" => a.trace = true,
+            "--lenient-reclaim" => a.lenient_reclaim = true,
             "--pcap" => a.pcap = Some(it.next().ok_or("--pcap wants a file")?.into()),
             "-h" | "--help" => {
                 return Err(
-                    "usage: sim [--seeds N [--start S]] [--seed S [--trace] [--pcap FILE]]".into(),
+                    "usage: sim [--seeds N [--start S]] [--seed S [--trace] [--pcap FILE]] [--lenient-reclaim]".into(),
                 )
             }
             other => return Err(format!("unknown argument {other}")),
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
             keep_trace: single && args.trace,
             pcap: args.pcap.clone().filter(|_| single),
             length: 1.0,
+            lenient_reclaim: args.lenient_reclaim,
         };
         ran += 1;
         match latch_sim::run(&opts) {

@@ -59,9 +59,7 @@ impl Pcap {
 
     pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
         let mut out = Vec::with_capacity(24 + self.records.len());
-        for v in [0xa1b2_c3d4u32] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
+        out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
         out.extend_from_slice(&2u16.to_le_bytes());
         out.extend_from_slice(&4u16.to_le_bytes());
         out.extend_from_slice(&0i32.to_le_bytes());

@@ -238,6 +238,14 @@ fn request(w: &mut World, h: usize, p: usize, r: Req) {
             }
         }
         ClientOp::Lock { .. } => {
+            // Asking for a shared lock over its own exclusive one is asking
+            // to downgrade: the server may do it (and wake others) before
+            // the answer arrives, so the program stops relying on the
+            // exclusivity now.
+            if let (false, Some(b)) = (r.excl, prog.belief.get_mut(r.file)) {
+                b.shared |= b.excl & m;
+                b.excl &= !m;
+            }
             *w.requested
                 .entry(conn)
                 .or_default()

@@ -49,6 +49,10 @@ pub struct Options {
     pub pcap: Option<std::path::PathBuf>,
     /// Scales the safety phase's length (1.0 = normal).
     pub length: f64,
+    /// Checker 5 accepts a reclaim that takes back more than the owner
+    /// held before the crash (the client core reclaims its requests whole
+    /// after partial unlocks), as long as the owner held something there.
+    pub lenient_reclaim: bool,
 }
 
 impl Options {
@@ -58,6 +62,7 @@ impl Options {
             keep_trace: false,
             pcap: None,
             length: 1.0,
+            lenient_reclaim: false,
         }
     }
 }
@@ -324,6 +329,7 @@ pub struct World {
     /// bytes; during grace nothing else may be held.
     pub(crate) before_crash: BTreeMap<(u64, usize), u64>,
     pub(crate) nfiles: usize,
+    pub(crate) lenient_reclaim: bool,
     trace_hash: u64,
     tail: VecDeque<String>,
     trace: Vec<String>,
@@ -387,6 +393,7 @@ impl World {
             dead_below: vec![0; clients + 1],
             before_crash: BTreeMap::new(),
             nfiles,
+            lenient_reclaim: opts.lenient_reclaim,
             trace_hash: 0xcbf2_9ce4_8422_2325,
             tail: VecDeque::new(),
             trace: Vec::new(),
@@ -650,7 +657,11 @@ impl World {
             seed: self.seed,
             at_ms: self.now,
             reason,
-            tail: self.tail.iter().cloned().collect(),
+            tail: if self.keep_trace {
+                std::mem::take(&mut self.trace)
+            } else {
+                self.tail.iter().cloned().collect()
+            },
         }
     }
 
@@ -819,6 +830,7 @@ impl World {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_call(
         &mut self,
         h: usize,
@@ -907,7 +919,9 @@ impl World {
                     .ok()
                     .and_then(|b| nlm::decode::<Res>(&b, vers).ok())
                     .map(|r| r.stat);
-                lk(&l.nlm).call_result(id, stat, now);
+                let nlm = l.nlm.clone();
+                self.log(format!("host {h} GRANTED {id:?} answered {stat:?}"));
+                lk(&nlm).call_result(id, stat, now);
             }
             Purpose::OneWay => {}
             Purpose::Notify(mut job) => {
