@@ -16,7 +16,9 @@ fn check<T: Versioned + PartialEq + std::fmt::Debug>(data: &[u8], vers: u32) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let vers = [1, 3, 4][usize::from(sel >> 4) % 3];
     match sel % 9 {
         0 => check::<TestArgs>(rest, vers),

@@ -22,15 +22,25 @@ impl latch_oncrpc::Program for Shared {
     fn is_cached(&self, _v: u32, p: u32) -> bool {
         NlmServer::is_cached_proc(p)
     }
-    fn call(&mut self, ctx: &latch_oncrpc::CallContext<'_>, args: &[u8], res: &mut latch_xdr::Writer) -> latch_oncrpc::Outcome {
+    fn call(
+        &mut self,
+        ctx: &latch_oncrpc::CallContext<'_>,
+        args: &[u8],
+        res: &mut latch_xdr::Writer,
+    ) -> latch_oncrpc::Outcome {
         self.0.lock().unwrap().call(ctx, args, res)
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
-    let cfg = NlmConfig { max_hosts: 4, ..NlmConfig::default() };
-    let srv = Arc::new(Mutex::new(NlmServer::new(cfg, Box::new(MemHostStore::default()), t0).unwrap()));
+    let cfg = NlmConfig {
+        max_hosts: 4,
+        ..NlmConfig::default()
+    };
+    let srv = Arc::new(Mutex::new(
+        NlmServer::new(cfg, Box::new(MemHostStore::default()), t0).unwrap(),
+    ));
     let mut d = Dispatcher::new(Drc::new(16, 1 << 14));
     d.register(Box::new(Shared(srv.clone())));
     let peers = ["10.0.0.1:700", "10.0.0.2:701", "127.0.0.1:702"];
@@ -46,7 +56,14 @@ fuzz_target!(|data: &[u8]| {
         xid += 1;
         let proc_ = u32::from(*who >> 2) % 24;
         let vers = [1, 3, 4, 0][usize::from(*who) % 4];
-        let call = latch_oncrpc::client::encode_call(msg::Xid(xid), latch_nlm::proto::PROGRAM, vers, proc_, &msg::Credential::None, args);
+        let call = latch_oncrpc::client::encode_call(
+            msg::Xid(xid),
+            latch_nlm::proto::PROGRAM,
+            vers,
+            proc_,
+            &msg::Credential::None,
+            args,
+        );
         let peer = peers[usize::from(*who) % 3].parse().unwrap();
         if let Some(r) = d.handle(peer, None, Transport::Udp, &call, now, 0) {
             assert!(msg::parse_reply(&r).is_some());

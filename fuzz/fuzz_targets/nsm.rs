@@ -18,14 +18,22 @@ impl latch_oncrpc::Program for Shared {
     fn versions(&self) -> (u32, u32) {
         (1, 1)
     }
-    fn call(&mut self, ctx: &latch_oncrpc::CallContext<'_>, args: &[u8], res: &mut latch_xdr::Writer) -> latch_oncrpc::Outcome {
+    fn call(
+        &mut self,
+        ctx: &latch_oncrpc::CallContext<'_>,
+        args: &[u8],
+        res: &mut latch_xdr::Writer,
+    ) -> latch_oncrpc::Outcome {
         self.0.lock().unwrap().call(ctx, args, res)
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let store = MemStore::default();
-    let cfg = MonitorConfig { max_hosts: 8, ..MonitorConfig::default() };
+    let cfg = MonitorConfig {
+        max_hosts: 8,
+        ..MonitorConfig::default()
+    };
     let m = Arc::new(Mutex::new(Monitor::start(store.clone(), cfg).unwrap()));
     let mut d = Dispatcher::new(Drc::new(16, 1 << 14));
     d.register(Box::new(Shared(m.clone())));
@@ -40,9 +48,27 @@ fuzz_target!(|data: &[u8]| {
             store.disk.lock().unwrap().fail_writes = 1;
         }
         let proc_ = u32::from(*who) % 8;
-        let call = latch_oncrpc::client::encode_call(msg::Xid(xid), latch_nsm::proto::PROGRAM, 1, proc_, &msg::Credential::None, args);
-        let peer = if who & 0x40 != 0 { "10.0.0.9:800" } else { "127.0.0.1:800" };
-        if let Some(r) = d.handle(peer.parse().unwrap(), None, Transport::Udp, &call, Instant::now(), 0) {
+        let call = latch_oncrpc::client::encode_call(
+            msg::Xid(xid),
+            latch_nsm::proto::PROGRAM,
+            1,
+            proc_,
+            &msg::Credential::None,
+            args,
+        );
+        let peer = if who & 0x40 != 0 {
+            "10.0.0.9:800"
+        } else {
+            "127.0.0.1:800"
+        };
+        if let Some(r) = d.handle(
+            peer.parse().unwrap(),
+            None,
+            Transport::Udp,
+            &call,
+            Instant::now(),
+            0,
+        ) {
             assert!(msg::parse_reply(&r).is_some());
         }
         store.disk.lock().unwrap().fail_writes = 0;
@@ -52,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
         let disk = store.disk.lock().unwrap();
         for h in mon.monitored() {
             let on_disk = disk.monitored.get(&h.name);
-            assert!(on_disk.is_some_and(|r| r.regs.len() == h.regs.len()), "{:?} promised but not stored", h.name);
+            assert!(
+                on_disk.is_some_and(|r| r.regs.len() == h.regs.len()),
+                "{:?} promised but not stored",
+                h.name
+            );
         }
     }
 });

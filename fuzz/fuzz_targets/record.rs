@@ -28,7 +28,9 @@ fn records(data: &[u8], chunk: usize) -> (Vec<Vec<u8>>, bool) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&c, rest)) = data.split_first() else { return };
+    let Some((&c, rest)) = data.split_first() else {
+        return;
+    };
     let whole = records(rest, rest.len());
     let cut = records(rest, usize::from(c % 17) + 1);
     assert_eq!(whole, cut);

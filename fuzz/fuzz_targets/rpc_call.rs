@@ -19,8 +19,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(msg::parse_reply(&reply).is_some(), "malformed reply");
         }
     }
-    let null = latch_oncrpc::client::encode_call(
-        msg::Xid(1), 100_000, 2, 0, &msg::Credential::None, &[]);
-    let r = d.handle(peer, None, Transport::Udp, &null, now, 0).expect("NULL answered");
-    assert!(matches!(msg::parse_reply(&r).map(|r| r.result), Some(Ok(_))));
+    let null =
+        latch_oncrpc::client::encode_call(msg::Xid(1), 100_000, 2, 0, &msg::Credential::None, &[]);
+    let r = d
+        .handle(peer, None, Transport::Udp, &null, now, 0)
+        .expect("NULL answered");
+    assert!(matches!(
+        msg::parse_reply(&r).map(|r| r.result),
+        Some(Ok(_))
+    ));
 });

@@ -3,8 +3,8 @@
 
 use crate::reference::{cells_of, conflicts, host, overlap, Model, CELLS};
 use latch_lock::{
-    Engine, Event, FileKey, Holder, HostId, LeaseKind, LockAnswer, LockRequest, Mode,
-    Owner, Range, RequestId, Share, ShareBits, TestAnswer,
+    Engine, Event, FileKey, Holder, HostId, LeaseKind, LockAnswer, LockRequest, Mode, Owner, Range,
+    RequestId, Share, ShareBits, TestAnswer,
 };
 
 pub const OWNERS: [(u64, u32); 5] = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)];
@@ -91,7 +91,6 @@ pub enum Op {
     Tick(u64),
     Grace(bool),
 }
-
 
 // ---------------------------------------------------------------- checks
 
@@ -360,4 +359,3 @@ impl Harness {
         assert_eq!(self.e.stats().waiters, 0);
     }
 }
-

@@ -11,8 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use latch_lock::{Engine, Limits};
-use reference::Model;
 use proptest::prelude::*;
+use reference::Model;
 
 mod harness;
 mod reference;
