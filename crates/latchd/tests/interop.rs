@@ -105,7 +105,19 @@ fn libnfs_client_against_latchd_and_tshark_decodes_it() {
     let pcap = dir.path().join("nlm.pcapng");
     let mut dumpcap = server.spawn_beside(
         &latchd,
-        &["dumpcap", "-n", "-i", "veth0", "-w", pcap.to_str().unwrap()],
+        // A large capture buffer: on a loaded machine the default one can
+        // overflow, and a missing segment leaves tshark a TCP record it
+        // cannot reassemble.
+        &[
+            "dumpcap",
+            "-n",
+            "-B",
+            "64",
+            "-i",
+            "veth0",
+            "-w",
+            pcap.to_str().unwrap(),
+        ],
         &dir.path().join("dumpcap.log"),
     );
     // dumpcap says "Capturing on" before it captures: send probes across
@@ -145,7 +157,7 @@ fn libnfs_client_against_latchd_and_tshark_decodes_it() {
     );
 
     // Let the last answers reach the capture, then end it cleanly.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1000));
     assert!(dumpcap.terminate().success(), "{}", dumpcap.log_text());
 
     let malformed = tshark(

@@ -169,6 +169,16 @@ pub struct ClientCore {
     monitored: Vec<Vec<u8>>,
     /// Reclaims to send again (the server was not ready for them).
     reclaim_later: Vec<Entry>,
+    /// UNLOCKs and CANCELs that did not get through: sent again until they
+    /// do, or the server is known to have restarted, so that no lock is
+    /// left held on a server forever.
+    cleanup_later: Vec<InFlight>,
+    /// Blocking LOCKs in flight whose GRANTED came before their `blocked`
+    /// answer (by token).
+    granted_early: std::collections::BTreeSet<u64>,
+    /// GRANTED callbacks (server, cookie) we refused: a retransmission of
+    /// one must be refused too, as the server has already let it go.
+    refused: std::collections::VecDeque<(IpAddr, Vec<u8>)>,
     actions: Vec<ClientAction>,
 }
 
@@ -345,24 +355,71 @@ impl ClientCore {
         });
     }
 
-    /// Drops our record of `conn`'s locks within `lock`'s range (the
-    /// server does the same on UNLOCK). Partial overlaps are kept whole:
-    /// reclaim then asks for a little more than is held, never less.
+    /// Drops `lock`'s range from our record of what `conn` holds, splitting
+    /// pieces as the server does on UNLOCK, so that the record mirrors the
+    /// server's exactly (a reclaim must ask for no more than was held).
     fn forget_held(&mut self, conn: ConnId, lock: &RemoteLock) {
-        let end = |l: &RemoteLock| {
-            if l.len == 0 {
-                u64::MAX
-            } else {
-                l.offset.saturating_add(l.len - 1)
+        let (us, ue) = span(lock);
+        let mut kept = Vec::with_capacity(self.held.len());
+        for e in self.held.drain(..) {
+            let same = e.conn == conn && e.lock.server == lock.server && e.lock.fh == lock.fh;
+            let (s, en) = span(&e.lock);
+            if !same || en < us || ue < s {
+                kept.push(e);
+                continue;
             }
-        };
-        self.held.retain(|e| {
-            !(e.conn == conn
-                && e.lock.server == lock.server
-                && e.lock.fh == lock.fh
-                && e.lock.offset >= lock.offset
-                && end(&e.lock) <= end(lock))
+            if s < us {
+                kept.push(Entry {
+                    lock: with_span(&e.lock, s, us - 1),
+                    ..e.clone()
+                });
+            }
+            if ue < en {
+                kept.push(Entry {
+                    lock: with_span(&e.lock, ue + 1, en),
+                    ..e.clone()
+                });
+            }
+        }
+        self.held = kept;
+    }
+
+    /// Records that `conn` now holds `lock` (replacing what it held there
+    /// in another mode, as POSIX does).
+    fn add_held(&mut self, conn: ConnId, req: ReqId, lock: RemoteLock, now_ms: u64) {
+        self.forget_held(conn, &lock);
+        self.held.push(Entry {
+            conn,
+            req,
+            lock,
+            last_sent_ms: now_ms,
         });
+    }
+
+    /// The parts of `lock`'s range that `conn` does not hold: what a LOCK
+    /// that may or may not have happened could have taken.
+    fn not_held(&self, conn: ConnId, lock: &RemoteLock) -> Vec<RemoteLock> {
+        let (mut s, e) = span(lock);
+        let mut mine: Vec<(u64, u64)> = self
+            .held
+            .iter()
+            .filter(|h| h.conn == conn && h.lock.server == lock.server && h.lock.fh == lock.fh)
+            .map(|h| span(&h.lock))
+            .filter(|&(hs, he)| he >= s && hs <= e)
+            .collect();
+        mine.sort_unstable();
+        let mut out = Vec::new();
+        for (hs, he) in mine {
+            if hs > s {
+                out.push(with_span(lock, s, hs - 1));
+            }
+            if he >= e {
+                return out;
+            }
+            s = s.max(he + 1);
+        }
+        out.push(with_span(lock, s, e));
+        out
     }
 
     /// Unlocks, on behalf of the connections in `conns`, what they hold of
@@ -460,6 +517,9 @@ impl ClientCore {
         let Some(f) = self.in_flight.remove(&token) else {
             return;
         };
+        if result.is_err() {
+            self.granted_early.remove(&token);
+        }
         let bytes = match result {
             Ok(b) => b,
             Err(CallFailure::Rpc(RpcError::ProgMismatch { .. } | RpcError::ProcUnavail)) => {
@@ -473,7 +533,7 @@ impl ClientCore {
             Err(CallFailure::Rpc(e)) => {
                 return self.failed(f, &format!("the server refused the call: {e}"))
             }
-            Err(CallFailure::Transport(e)) => return self.failed(f, &e),
+            Err(CallFailure::Transport(e)) => return self.unanswered(f, &e),
         };
         if f.op == Op::Test {
             let Ok(r) = decode::<TestRes>(&bytes, f.vers) else {
@@ -492,34 +552,24 @@ impl ClientCore {
         let Ok(r) = decode::<Res>(&bytes, f.vers) else {
             return self.failed(f, "undecodable reply");
         };
-        self.lock_reply(f, r.stat, now_ms);
+        let early = self.granted_early.remove(&token);
+        self.lock_reply(f, r.stat, early, now_ms);
     }
 
-    fn lock_reply(&mut self, f: InFlight, stat: Stat, now_ms: u64) {
+    fn lock_reply(&mut self, f: InFlight, stat: Stat, early: bool, now_ms: u64) {
         match (f.op, stat) {
-            (Op::Lock { .. } | Op::Reclaim, Stat::Granted) => {
-                let e = Entry {
-                    conn: f.conn,
-                    req: f.req.unwrap_or(0),
-                    lock: f.lock.clone(),
-                    last_sent_ms: now_ms,
+            // The connection went while this was in flight: undo it.
+            (Op::Lock { .. }, Stat::Granted | Stat::Blocked) if f.req.is_none() => {
+                let op = if stat == Stat::Granted {
+                    Op::Unlock
+                } else {
+                    Op::Cancel
                 };
-                // A resent LOCK answered granted: the GRANTED was lost.
-                let was_waiting = f.req.and_then(|r| self.waiting.remove(&(f.conn, r)));
-                self.monitor(&f.lock.server_name);
-                self.held.push(e);
-                if let (Some(req), false) = (f.req, f.op == Op::Reclaim) {
-                    let event = if was_waiting.is_some() {
-                        LocalEvent::Granted { req }
-                    } else {
-                        LocalEvent::Reply {
-                            req,
-                            outcome: Outcome::Granted,
-                        }
-                    };
-                    self.tell(f.conn, event);
-                }
+                self.send(InFlight { op, ..f });
             }
+            (Op::Lock { .. } | Op::Reclaim, Stat::Granted) => self.grant_now(f, now_ms),
+            // Its GRANTED came first: it holds the lock already.
+            (Op::Lock { .. }, Stat::Blocked) if early => self.grant_now(f, now_ms),
             (Op::Lock { .. }, Stat::Blocked) => {
                 if let Some(req) = f.req {
                     // A resent LOCK still blocked changes nothing.
@@ -574,6 +624,88 @@ impl ClientCore {
         }
     }
 
+    /// `f`'s lock is held now.
+    fn grant_now(&mut self, f: InFlight, now_ms: u64) {
+        // A resent LOCK answered granted: the GRANTED was lost.
+        let was_waiting = f.req.and_then(|r| self.waiting.remove(&(f.conn, r)));
+        self.monitor(&f.lock.server_name);
+        self.add_held(f.conn, f.req.unwrap_or(0), f.lock.clone(), now_ms);
+        if let (Some(req), false) = (f.req, f.op == Op::Reclaim) {
+            let event = if was_waiting.is_some() {
+                LocalEvent::Granted { req }
+            } else {
+                LocalEvent::Reply {
+                    req,
+                    outcome: Outcome::Granted,
+                }
+            };
+            self.tell(f.conn, event);
+        }
+    }
+
+    /// No answer: the call may or may not have happened on the server.
+    /// Whatever could be left held there is undone, and undone again until
+    /// the server hears it.
+    fn unanswered(&mut self, f: InFlight, why: &str) {
+        match f.op {
+            Op::Unlock | Op::Cancel => {
+                if self.cleanup_later.len() < self.cfg.max_entries {
+                    self.cleanup_later.push(InFlight {
+                        req: None,
+                        ..f.clone()
+                    });
+                }
+                // The program's lock is gone from our books either way.
+                if let Some(req) = f.req {
+                    self.tell(
+                        f.conn,
+                        LocalEvent::Reply {
+                            req,
+                            outcome: Outcome::Granted,
+                        },
+                    );
+                }
+            }
+            // A resent blocked LOCK: it is still waiting; the next resend
+            // will do.
+            Op::Lock { .. }
+                if f.req
+                    .is_some_and(|r| self.waiting.contains_key(&(f.conn, r))) => {}
+            Op::Lock { block } => {
+                for l in self.not_held(f.conn, &f.lock) {
+                    let op = if block { Op::Cancel } else { Op::Unlock };
+                    self.cleanup_later.push(InFlight {
+                        conn: f.conn,
+                        req: None,
+                        op,
+                        lock: l.clone(),
+                        vers: 4,
+                    });
+                    if block {
+                        self.cleanup_later.push(InFlight {
+                            conn: f.conn,
+                            req: None,
+                            op: Op::Unlock,
+                            lock: l,
+                            vers: 4,
+                        });
+                    }
+                }
+                if let Some(req) = f.req {
+                    self.waiting.remove(&(f.conn, req));
+                }
+                self.failed(f, why);
+            }
+            Op::Reclaim => self.reclaim_later.push(Entry {
+                conn: f.conn,
+                req: 0,
+                lock: f.lock,
+                last_sent_ms: 0,
+            }),
+            Op::Test => self.failed(f, why),
+        }
+    }
+
     fn failed(&mut self, f: InFlight, why: &str) {
         if let Some(req) = f.req {
             self.tell(
@@ -597,37 +729,57 @@ impl ClientCore {
 
     /// A GRANTED callback from `from`: the answer for the server.
     pub fn granted(&mut self, from: IpAddr, a: &TestArgs) -> Stat {
-        let key = self
+        let cookie = (from, a.cookie.as_bytes().to_vec());
+        // A copy of a GRANTED we refused: the server let that lock go.
+        if self.refused.contains(&cookie) {
+            return Stat::Denied;
+        }
+        let cfg = &self.cfg;
+        let is = |conn: ConnId, l: &RemoteLock| {
+            let (svid, oh) = owner(cfg, conn);
+            l.server == from
+                && l.fh == a.lock.fh.as_bytes()
+                && oh == a.lock.oh.as_bytes()
+                && svid == a.lock.svid
+                && l.exclusive == a.exclusive
+                && l.offset == a.lock.offset
+        };
+        let waiting = self
             .waiting
             .iter()
-            .find(|(_, e)| {
-                let (svid, oh) = owner(&self.cfg, e.conn);
-                e.lock.server == from
-                    && e.lock.fh == a.lock.fh.as_bytes()
-                    && oh == a.lock.oh.as_bytes()
-                    && svid == a.lock.svid
-                    && e.lock.exclusive == a.exclusive
-                    && e.lock.offset == a.lock.offset
-            })
+            .find(|(_, e)| is(e.conn, &e.lock))
             .map(|(k, _)| *k);
-        let Some(k) = key else {
-            // Nobody waits for it (cancelled, or already granted by a resent
-            // LOCK): a repeated GRANTED for a lock we hold is acknowledged,
-            // anything else refused so the server releases it.
-            let held = self.held.iter().any(|e| {
-                let (svid, oh) = owner(&self.cfg, e.conn);
-                e.lock.server == from
-                    && e.lock.fh == a.lock.fh.as_bytes()
-                    && oh == a.lock.oh.as_bytes()
-                    && svid == a.lock.svid
-            });
-            return if held { Stat::Granted } else { Stat::Denied };
-        };
-        if let Some(e) = self.waiting.remove(&k) {
-            self.tell(e.conn, LocalEvent::Granted { req: e.req });
-            self.held.push(e);
+        if let Some(k) = waiting {
+            if let Some(e) = self.waiting.remove(&k) {
+                self.tell(e.conn, LocalEvent::Granted { req: e.req });
+                let now = e.last_sent_ms;
+                self.add_held(e.conn, e.req, e.lock, now);
+            }
+            return Stat::Granted;
         }
-        Stat::Granted
+        // Granted before its LOCK's `blocked` answer reached us.
+        let early = self
+            .in_flight
+            .iter()
+            .find(|(_, f)| {
+                f.op == (Op::Lock { block: true }) && f.req.is_some() && is(f.conn, &f.lock)
+            })
+            .map(|(t, _)| *t);
+        if let Some(t) = early {
+            self.granted_early.insert(t);
+            return Stat::Granted;
+        }
+        // A repeat of a GRANTED for a lock we hold is acknowledged again;
+        // anything else is refused, and remembered, so the server releases
+        // it and no later copy is taken.
+        if self.held.iter().any(|e| is(e.conn, &e.lock)) {
+            return Stat::Granted;
+        }
+        if self.refused.len() >= 4096 {
+            self.refused.pop_front();
+        }
+        self.refused.push_back(cookie);
+        Stat::Denied
     }
 
     /// The server named `name` rebooted (its SM_NOTIFY reached our status
@@ -657,6 +809,8 @@ impl ClientCore {
                 e.last_sent_ms = 0;
             }
         }
+        // Whatever they would have undone is gone with the server's state.
+        self.cleanup_later.retain(|f| !matches(&f.lock));
     }
 
     /// Resends blocked LOCKs that are due (a lost GRANTED is recovered by
@@ -685,6 +839,9 @@ impl ClientCore {
                 vers: 4,
             });
         }
+        for f in std::mem::take(&mut self.cleanup_later) {
+            self.send(f);
+        }
         for e in std::mem::take(&mut self.reclaim_later) {
             self.send(InFlight {
                 conn: e.conn,
@@ -704,6 +861,26 @@ pub enum ClientOp {
     Lock { wait: bool },
     Unlock,
     Cancel,
+}
+
+/// A lock's bytes as an inclusive span.
+fn span(l: &RemoteLock) -> (u64, u64) {
+    let end = if l.len == 0 {
+        u64::MAX
+    } else {
+        l.offset.saturating_add(l.len - 1)
+    };
+    (l.offset, end)
+}
+
+/// `l` narrowed to bytes `s..=e`.
+fn with_span(l: &RemoteLock, s: u64, e: u64) -> RemoteLock {
+    let len = if e == u64::MAX { 0 } else { e - s + 1 };
+    RemoteLock {
+        offset: s,
+        len,
+        ..l.clone()
+    }
 }
 
 fn same_range(a: &RemoteLock, b: &RemoteLock) -> bool {

@@ -23,6 +23,10 @@ pub(crate) struct BlockedInfo {
     pub msg: bool,
     pub exclusive: bool,
     pub lock: Lock,
+    /// What the owner held within the requested range while it waited: a
+    /// grant that is refused or cancelled gives these back, so cancelling
+    /// an upgrade does not lose the lock being upgraded.
+    pub prior: Vec<(Range, latch_lock::Mode)>,
 }
 
 /// A grant the client has not acknowledged yet.
@@ -36,9 +40,23 @@ pub(crate) struct Pending {
     in_flight: bool,
 }
 
+/// A blocked request's owner and file.
+type OwnerFile = (HostId, u32, Vec<u8>, Vec<u8>);
+
+fn owner_file(i: &BlockedInfo) -> OwnerFile {
+    (
+        i.host,
+        i.lock.svid,
+        i.lock.oh.as_bytes().to_vec(),
+        i.lock.fh.as_bytes().to_vec(),
+    )
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Grants {
-    pub blocked: HashMap<RequestId, BlockedInfo>,
+    blocked: HashMap<RequestId, BlockedInfo>,
+    /// The blocked requests of each owner on each file.
+    by_owner_file: HashMap<OwnerFile, Vec<RequestId>>,
     pending: BTreeMap<RequestId, Pending>,
 }
 
@@ -53,6 +71,25 @@ fn id_of(cookie: &Netobj) -> Option<RequestId> {
 }
 
 impl Grants {
+    pub fn add_blocked(&mut self, id: RequestId, info: BlockedInfo) {
+        let k = owner_file(&info);
+        if self.blocked.insert(id, info).is_none() {
+            self.by_owner_file.entry(k).or_default().push(id);
+        }
+    }
+
+    pub fn remove_blocked(&mut self, id: &RequestId) -> Option<BlockedInfo> {
+        let info = self.blocked.remove(id)?;
+        let k = owner_file(&info);
+        if let Some(v) = self.by_owner_file.get_mut(&k) {
+            v.retain(|x| x != id);
+            if v.is_empty() {
+                self.by_owner_file.remove(&k);
+            }
+        }
+        Some(info)
+    }
+
     /// Whether `host` has blocked requests or grants in flight.
     pub fn involves(&self, host: HostId) -> bool {
         self.blocked.values().any(|b| b.host == host)
@@ -61,6 +98,7 @@ impl Grants {
 
     pub fn forget_host(&mut self, host: HostId) {
         self.blocked.retain(|_, b| b.host != host);
+        self.by_owner_file.retain(|k, _| k.0 != host);
         self.pending.retain(|_, p| p.info.host != host);
     }
 
@@ -70,7 +108,7 @@ impl Grants {
         host: HostId,
         lock: &Lock,
         exclusive: bool,
-    ) -> Option<RequestId> {
+    ) -> Option<BlockedInfo> {
         let id = self
             .pending
             .iter()
@@ -88,8 +126,7 @@ impl Grants {
                         )
             })
             .map(|(id, _)| *id)?;
-        self.pending.remove(&id);
-        Some(id)
+        self.pending.remove(&id).map(|p| p.info)
     }
 
     pub fn pending_len(&self) -> usize {
@@ -102,8 +139,10 @@ impl NlmServer {
     pub(crate) fn deliver(&mut self, events: Vec<Event>, now: u64) {
         for e in events {
             self.age_event(&e, now);
-            let id = match e {
-                Event::Granted { id, .. } => id,
+            let (id, owner, file) = match e {
+                Event::Granted {
+                    id, file, owner, ..
+                } => (id, owner, file),
                 // Leases are held by local programs only.
                 Event::LeaseBreak { file, holder, to } => {
                     if let Some(conn) = crate::local::conn_of(&holder) {
@@ -125,9 +164,11 @@ impl NlmServer {
                 self.client.tell(conn, LocalEvent::Granted { req });
                 continue;
             }
-            let Some(info) = self.grants.blocked.remove(&id) else {
+            let Some(info) = self.grants.remove_blocked(&id) else {
                 continue;
             };
+            // The owner's holdings changed: the `prior` of its other waits.
+            self.refresh_prior(&owner, &file);
             let msg = match self.cfg.granted_style {
                 GrantedStyle::Auto => info.msg,
                 GrantedStyle::Sync => false,
@@ -213,15 +254,79 @@ impl NlmServer {
         }
     }
 
-    /// The client refused or was never reached: its lock goes.
-    fn release_grant(&mut self, info: &BlockedInfo, now: u64) {
+    /// The client refused or was never reached: the grant is undone. What
+    /// the owner held in the range before it is given back first (a
+    /// downgrade in place, which never waits), then the rest is unlocked.
+    pub(crate) fn release_grant(&mut self, info: &BlockedInfo, now: u64) {
         let owner = Owner::new(info.host, info.lock.svid, info.lock.oh.as_bytes());
         let file = FileKey::new(info.lock.fh.as_bytes());
         let r = Range::from_offset_len(info.lock.offset, info.lock.len);
-        if let Ok(reply) = self.engine.unlock(&file, &owner, r) {
-            self.deliver(reply.events, now);
+        let mut events = Vec::new();
+        for &(p, mode) in &info.prior {
+            let req = latch_lock::LockRequest {
+                file: &file,
+                owner: &owner,
+                range: p,
+                mode,
+                block: false,
+                // Allowed in and out of grace: it only gives back.
+                reclaim: true,
+                id: None,
+            };
+            if let Ok(reply) = self.engine.lock(&req, now) {
+                events.extend(reply.events);
+            }
         }
-        self.age_released(&owner, &file);
+        for gap in gaps(r, &info.prior) {
+            if let Ok(reply) = self.engine.unlock(&file, &owner, gap) {
+                events.extend(reply.events);
+            }
+        }
+        self.deliver(events, now);
+    }
+
+    /// Keeps the `prior` of `owner`'s blocked requests on `file` up to date
+    /// after it locked or unlocked something there.
+    pub(crate) fn refresh_prior(&mut self, owner: &Owner, file: &FileKey) {
+        let k = (
+            owner.host,
+            owner.svid,
+            owner.handle.to_vec(),
+            file.0.to_vec(),
+        );
+        let Some(ids) = self.grants.by_owner_file.get(&k).cloned() else {
+            return;
+        };
+        let held: Vec<latch_lock::Holder> = self
+            .engine
+            .locks(file)
+            .into_iter()
+            .filter(|h| h.owner == *owner)
+            .collect();
+        for id in ids {
+            if let Some(b) = self.grants.blocked.get_mut(&id) {
+                let r = Range::from_offset_len(b.lock.offset, b.lock.len);
+                b.prior = held
+                    .iter()
+                    .filter_map(|h| clip(h.range, r).map(|c| (c, h.mode)))
+                    .collect();
+            }
+        }
+    }
+
+    /// What `owner` holds within `r` now, for a request about to wait.
+    pub(crate) fn holdings(
+        &self,
+        owner: &Owner,
+        file: &FileKey,
+        r: Range,
+    ) -> Vec<(Range, latch_lock::Mode)> {
+        self.engine
+            .locks(file)
+            .into_iter()
+            .filter(|h| h.owner == *owner)
+            .filter_map(|h| clip(h.range, r).map(|c| (c, h.mode)))
+            .collect()
     }
 
     /// What became of a synchronous GRANTED: the client's status, or `None`
@@ -263,4 +368,32 @@ impl NlmServer {
             }
         }
     }
+}
+
+/// `a` within `b`, if they meet.
+fn clip(a: Range, b: Range) -> Option<Range> {
+    Range::new(a.start().max(b.start()), a.end().min(b.end()))
+}
+
+/// The parts of `r` that none of `pieces` covers.
+fn gaps(r: Range, pieces: &[(Range, latch_lock::Mode)]) -> Vec<Range> {
+    let mut covered: Vec<(u64, u64)> = pieces.iter().map(|(p, _)| (p.start(), p.end())).collect();
+    covered.sort_unstable();
+    let mut out = Vec::new();
+    let mut s = r.start();
+    for (ps, pe) in covered {
+        if ps > s {
+            if let Some(g) = Range::new(s, ps - 1) {
+                out.push(g);
+            }
+        }
+        if pe >= r.end() {
+            return out;
+        }
+        s = s.max(pe + 1);
+    }
+    if let Some(g) = Range::new(s, r.end()) {
+        out.push(g);
+    }
+    out
 }

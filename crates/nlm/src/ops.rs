@@ -179,8 +179,9 @@ impl NlmServer {
                     msg,
                     exclusive: a.exclusive,
                     lock: a.lock.clone(),
+                    prior: self.holdings(&owner, &file, range(&a.lock)),
                 };
-                self.grants.blocked.insert(bid, info);
+                self.grants.add_blocked(bid, info);
                 Stat::Blocked
             }
             LockAnswer::Denied(_) => Stat::Denied,
@@ -188,6 +189,7 @@ impl NlmServer {
             LockAnswer::DeniedGrace => Stat::DeniedGracePeriod,
         };
         self.age_lock(&owner, &file, &reply.answer, now);
+        self.refresh_prior(&owner, &file);
         self.deliver(reply.events, now);
         if matches!(stat, Stat::Granted | Stat::Blocked) {
             self.note_state(host, !nm);
@@ -250,16 +252,10 @@ impl NlmServer {
         let (r, m) = (range(&a.lock), mode(a.exclusive));
         if let Some(id) = self.engine.find_waiter(&file, &owner, r, m) {
             let reply = self.engine.cancel(id);
-            self.grants.blocked.remove(&id);
+            self.grants.remove_blocked(&id);
             self.deliver(reply.events, now);
-        } else if self
-            .grants
-            .take_unacked(host, &a.lock, a.exclusive)
-            .is_some()
-        {
-            if let Ok(reply) = self.engine.unlock(&file, &owner, r) {
-                self.deliver(reply.events, now);
-            }
+        } else if let Some(info) = self.grants.take_unacked(host, &a.lock, a.exclusive) {
+            self.release_grant(&info, now);
         }
         self.age_released(&owner, &file);
         Stat::Granted
@@ -286,6 +282,7 @@ impl NlmServer {
         let file = FileKey::new(a.lock.fh.as_bytes());
         match self.engine.unlock(&file, &owner, range(&a.lock)) {
             Ok(reply) => {
+                self.refresh_prior(&owner, &file);
                 self.deliver(reply.events, now);
                 self.age_released(&owner, &file);
                 Stat::Granted
@@ -389,6 +386,13 @@ impl NlmServer {
         }
         let name = s.mon_name.as_bytes();
         for host in self.hosts.named(name) {
+            // Its LOCKs already carried this state (or a newer one): that
+            // reboot was handled then, and what it holds now is the new
+            // incarnation's.
+            let known = self.hosts.get(host).map_or(0, |h| h.nsm_state);
+            if known != 0 && s.state != 0 && s.state <= known {
+                continue;
+            }
             self.stats.reboots_detected += 1;
             self.release_host(host, now);
             if let Some(h) = self.hosts.get_mut(host) {

@@ -579,11 +579,83 @@ fn the_status_monitor_callback_frees_a_rebooted_host_only_from_loopback() {
         r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
         Stat::Granted
     );
-    // FreeBSD's form: version 0, procedure 1.
+    // The same notification again is stale: the new lock stays.
     r.lock(A, 4, &la(&lk("a", 1, b"f", 0, 0), true, false));
-    r.call("127.0.0.1:700", 0, 1, &encode(&st, 0));
+    r.call("127.0.0.1:700", 3, SM_NOTIFY, &encode(&st, 3));
     assert_eq!(
         r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Denied
+    );
+    // A newer one, in FreeBSD's form (version 0, procedure 1), frees it.
+    let newer = SmStatus { state: 9, ..st };
+    r.call("127.0.0.1:700", 0, 1, &encode(&newer, 0));
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Granted
+    );
+}
+
+#[test]
+fn a_late_notification_of_a_reboot_already_seen_in_a_lock_frees_nothing_new() {
+    let mut r = Rig::default();
+    let mut old = la(&lk("a", 1, b"f", 0, 0), true, false);
+    old.state = 3;
+    r.lock(A, 4, &old);
+    // The client reboots and locks again with its new state before its
+    // SM_NOTIFY reaches us.
+    let mut new = la(&lk("a", 2, b"g", 0, 0), true, false);
+    new.state = 5;
+    assert_eq!(r.lock(A, 4, &new), Stat::Granted);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 0, 0), true).stat,
+        Stat::Granted,
+        "old incarnation freed"
+    );
+    let st = SmStatus {
+        mon_name: Name::from_text("a").unwrap(),
+        state: 5,
+        priv_: Default::default(),
+    };
+    r.call("127.0.0.1:700", 3, SM_NOTIFY, &encode(&st, 3));
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"g", 0, 0), true).stat,
+        Stat::Denied,
+        "the new incarnation's lock stays"
+    );
+}
+
+#[test]
+fn cancelling_an_upgrade_whose_grant_crossed_keeps_the_shared_lock() {
+    let mut r = Rig::default();
+    // A holds a shared lock on 0..9 and B a shared lock on 20..29.
+    r.lock(A, 4, &la(&lk("a", 1, b"f", 0, 10), false, false));
+    r.lock(B, 4, &la(&lk("b", 1, b"f", 20, 10), false, false));
+    // A asks for an exclusive lock on 0..29: it waits for B.
+    assert_eq!(
+        r.lock(A, 4, &la(&lk("a", 1, b"f", 0, 30), true, true)),
+        Stat::Blocked
+    );
+    r.actions();
+    r.unlock(B, 4, &lk("b", 1, b"f", 20, 10));
+    assert_eq!(r.calls().len(), 1, "GRANTED on its way to A");
+    // A gave up before it heard: its CANCEL crosses the GRANTED.
+    let c = CancArgs {
+        cookie: cookie(b"c"),
+        block: true,
+        exclusive: true,
+        lock: lk("a", 1, b"f", 0, 30),
+    };
+    r.call(A, 4, CANCEL, &encode(&c, 4));
+    // A's shared lock on 0..9 is still there; 10..29 is free again.
+    assert_eq!(
+        r.test(C, 4, &lk("c", 1, b"f", 0, 10), true).stat,
+        Stat::Denied
+    );
+    let t = r.test(C, 4, &lk("c", 1, b"f", 0, 10), true);
+    let h = t.holder.unwrap();
+    assert_eq!((h.exclusive, h.offset, h.len), (false, 0, 10));
+    assert_eq!(
+        r.test(C, 4, &lk("c", 1, b"f", 10, 20), true).stat,
         Stat::Granted
     );
 }
