@@ -294,9 +294,20 @@ impl NlmServer {
             owner.handle.to_vec(),
             file.0.to_vec(),
         );
-        let Some(ids) = self.grants.by_owner_file.get(&k).cloned() else {
+        let ids = self
+            .grants
+            .by_owner_file
+            .get(&k)
+            .cloned()
+            .unwrap_or_default();
+        let unacked = self.grants.pending.values().any(|p| {
+            p.info.host == owner.host
+                && p.info.lock.svid == owner.svid
+                && p.info.lock.fh.as_bytes() == &*file.0
+        });
+        if ids.is_empty() && !unacked {
             return;
-        };
+        }
         let held: Vec<latch_lock::Holder> = self
             .engine
             .locks(file)
@@ -309,6 +320,29 @@ impl NlmServer {
                 b.prior = held
                     .iter()
                     .filter_map(|h| clip(h.range, r).map(|c| (c, h.mode)))
+                    .collect();
+            }
+        }
+        // Grants not yet acknowledged: what was held before can only have
+        // shrunk since (the owner let some of it go); an undo must not give
+        // back what it released.
+        for p in self.grants.pending.values_mut() {
+            let i = &p.info;
+            let same = (
+                i.host,
+                i.lock.svid,
+                i.lock.oh.as_bytes(),
+                i.lock.fh.as_bytes(),
+            ) == (owner.host, owner.svid, &*owner.handle, &*file.0);
+            if same {
+                p.info.prior = p
+                    .info
+                    .prior
+                    .iter()
+                    .flat_map(|&(r, m)| {
+                        held.iter()
+                            .filter_map(move |h| clip(r, h.range).map(|c| (c, m)))
+                    })
                     .collect();
             }
         }
