@@ -223,17 +223,7 @@ impl LocalService {
                         Instant::now(),
                     ),
                     Some(name) => {
-                        let server = resolve(name)
-                            .await
-                            .ok_or_else(|| fail(format!("cannot resolve server {name:?}")))?;
-                        let l = RemoteLock {
-                            server,
-                            server_name: name.as_bytes().to_vec(),
-                            fh,
-                            offset: r.offset,
-                            len: r.len,
-                            exclusive: true,
-                        };
+                        let l = remote(name, fh, &r, true).await.map_err(fail)?;
                         lock(&self.core).client.unlock_for(&conns, &l)
                     }
                 };
@@ -257,17 +247,7 @@ impl LocalService {
                 );
             }
             Some(name) => {
-                let server = resolve(name)
-                    .await
-                    .ok_or_else(|| fail(format!("cannot resolve server {name:?}")))?;
-                let l = RemoteLock {
-                    server,
-                    server_name: name.as_bytes().to_vec(),
-                    fh,
-                    offset: r.offset,
-                    len: r.len,
-                    exclusive: r.exclusive,
-                };
+                let l = remote(name, fh, &r, r.exclusive).await.map_err(fail)?;
                 lock(&self.core).client.request(conn, r.id, op, l);
             }
         }
@@ -289,6 +269,26 @@ pub fn route(routes: &Routes, conn: ConnId, ev: LocalEvent) {
         tracing::warn!(conn, "local connection not reading its events; closing it");
         r.remove(&conn);
     }
+}
+
+/// The lock `r` names on server `name`.
+async fn remote(
+    name: &str,
+    fh: Vec<u8>,
+    r: &Request,
+    exclusive: bool,
+) -> Result<RemoteLock, String> {
+    let server = resolve(name)
+        .await
+        .ok_or_else(|| format!("cannot resolve server {name:?}"))?;
+    Ok(RemoteLock {
+        server,
+        server_name: name.as_bytes().to_vec(),
+        fh,
+        offset: r.offset,
+        len: r.len,
+        exclusive,
+    })
 }
 
 async fn resolve(name: &str) -> Option<IpAddr> {

@@ -206,22 +206,27 @@ impl Driver {
         if !self.client_tcp {
             return self.call_client(ip, vers, proc_, args).await;
         }
+        let port = self.lookup_nlm(ip, vers, true).await?;
+        let t = latch_io::RpcClient::tcp(SocketAddr::new(ip, port), true).await?;
+        t.call(None, proto::PROGRAM, vers, proc_, args).await
+    }
+
+    /// The port of NLM `vers` on `ip`, from that host's port mapper.
+    async fn lookup_nlm(&self, ip: IpAddr, vers: u32, tcp: bool) -> Result<u16, CallError> {
         let c = self
             .out
             .for_ip(ip)
             .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
-        let port = getport(
+        getport(
             c,
             ip,
             latch_oncrpc::rpcbind::PORT,
             proto::PROGRAM,
             vers,
-            true,
+            tcp,
         )
         .await?
-        .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
-        let t = latch_io::RpcClient::tcp(SocketAddr::new(ip, port), true).await?;
-        t.call(None, proto::PROGRAM, vers, proc_, args).await
+        .ok_or(CallError::Rpc(RpcError::ProgUnavail))
     }
 
     async fn port_of(&self, ip: IpAddr, vers: u32) -> Result<u16, CallError> {
@@ -230,20 +235,7 @@ impl Driver {
                 return Ok(*p);
             }
         }
-        let c = self
-            .out
-            .for_ip(ip)
-            .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
-        let port = getport(
-            c,
-            ip,
-            latch_oncrpc::rpcbind::PORT,
-            proto::PROGRAM,
-            vers,
-            false,
-        )
-        .await?
-        .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
+        let port = self.lookup_nlm(ip, vers, false).await?;
         let mut cache = self.ports_lock();
         if cache.ports.len() >= PORT_CACHE_MAX {
             cache.ports.clear();
