@@ -682,14 +682,11 @@ fn with_the_system_rpc_statd_a_clients_reboot_frees_its_locks() {
         ],
         &dir.path().join("statd.log"),
     );
-    for _ in 0..100 {
-        if String::from_utf8_lossy(&server.run_beside(&rpcbind, &["rpcinfo", "-p"]).stdout)
-            .contains("100024")
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_listed(&server, &rpcbind, "100024").1,
+        "{}",
+        statd.log_text()
+    );
     let state = dir.path().join("state");
     let mut d = server.spawn_beside(
         &rpcbind,
@@ -742,20 +739,7 @@ fn with_the_system_rpc_statd_a_clients_reboot_frees_its_locks() {
         client.spawn_private_run(&["rpcbind", "-f", "-w"], &dir.path().join("crpcbind.log"));
     std::thread::sleep(Duration::from_millis(300));
     client_monitors(&client, &crpcbind, &cdir, "server");
-    let out = client.run_beside(
-        &crpcbind,
-        &[
-            "sm-notify",
-            "-d",
-            "-f",
-            "-m",
-            "1",
-            "-P",
-            cdir.to_str().unwrap(),
-            "-v",
-            CLIENT_IP,
-        ],
-    );
+    let out = sm_notify(&client, &crpcbind, &cdir, CLIENT_IP, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -802,20 +786,7 @@ fn with_latchs_own_nsm_a_clients_sm_notify_frees_its_locks() {
     assert!(monitored, "{}", w.log());
     let cdir = w.dir.path().join("client-sm");
     client_monitors(&w.client, &w._rpcbind, &cdir, SERVER_IP);
-    let out = w.client.run_beside(
-        &w._rpcbind,
-        &[
-            "sm-notify",
-            "-d",
-            "-f",
-            "-m",
-            "1",
-            "-P",
-            cdir.to_str().unwrap(),
-            "-v",
-            CLIENT_IP,
-        ],
-    );
+    let out = sm_notify(&w.client, &w._rpcbind, &cdir, CLIENT_IP, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -853,16 +824,11 @@ fn client_monitors(client: &Netns, rpcbind: &Daemon, dir: &Path, server: &str) {
         ],
         &dir.join("statd.log"),
     );
-    let mut port = 0;
-    for _ in 0..100 {
-        if String::from_utf8_lossy(&client.run_beside(rpcbind, &["rpcinfo", "-p"]).stdout)
-            .contains("100024")
-        {
-            port = rpcb_getport(client, 100_024, 1);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let port = if wait_listed(client, rpcbind, "100024").1 {
+        rpcb_getport(client, 100_024, 1)
+    } else {
+        0
+    };
     assert_ne!(port, 0, "client statd did not start: {}", statd.log_text());
     let cs = reserved_udp(client, "127.0.0.1");
     let mon = latch_xdr::to_bytes(&latch_nsm::proto::Mon {

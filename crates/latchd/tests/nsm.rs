@@ -108,15 +108,12 @@ fn statd(ns: &Netns, dir: &Path) -> (Daemon, Daemon) {
         ],
         &dir.join("statd.log"),
     );
-    for _ in 0..100 {
-        if String::from_utf8_lossy(&ns.run_beside(&rpcbind, &["rpcinfo", "-p"]).stdout)
-            .contains("100024")
-        {
-            return (rpcbind, statd);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("statd did not register: {}", statd.log_text());
+    assert!(
+        wait_listed(ns, &rpcbind, "100024").1,
+        "statd did not register: {}",
+        statd.log_text()
+    );
+    (rpcbind, statd)
 }
 
 fn status_of(args: &[u8]) -> Status {
@@ -197,20 +194,7 @@ fn sm_notify_from_a_real_client_reaches_the_registered_callback() {
     let r = sm_mon(&cs, to, &mon_args(SERVER_IP, 100_021, 3, 16, 0));
     assert_eq!(r.res_stat, STAT_SUCC, "{}", statd.log_text());
     statd.terminate();
-    let out = client.run_beside(
-        &rpcbind,
-        &[
-            "sm-notify",
-            "-d",
-            "-f",
-            "-m",
-            "1",
-            "-P",
-            cdir.path().to_str().unwrap(),
-            "-v",
-            CLIENT_IP,
-        ],
-    );
+    let out = sm_notify(&client, &rpcbind, cdir.path(), CLIENT_IP, &[]);
     assert!(
         out.status.success(),
         "sm-notify: {}",
@@ -224,21 +208,7 @@ fn sm_notify_from_a_real_client_reaches_the_registered_callback() {
     assert_eq!(s.priv_, FixedOpaque([0x42; 16]));
     assert!(s.state > 0);
     // The same notification again is stale: no second callback.
-    let again = client.run_beside(
-        &rpcbind,
-        &[
-            "sm-notify",
-            "-d",
-            "-f",
-            "-n",
-            "-m",
-            "1",
-            "-P",
-            cdir.path().to_str().unwrap(),
-            "-v",
-            CLIENT_IP,
-        ],
-    );
+    let again = sm_notify(&client, &rpcbind, cdir.path(), CLIENT_IP, &["-n"]);
     let _ = again;
     assert!(
         listener.next(3).is_none(),

@@ -424,3 +424,27 @@ impl Drop for Listener {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// Polls `rpcinfo -p` beside `host` until its listing contains `needle`
+/// (at most 5 s); returns the last listing and whether it did.
+pub fn wait_listed(ns: &Netns, host: &Daemon, needle: &str) -> (String, bool) {
+    let mut listing = String::new();
+    for _ in 0..100 {
+        let out = ns.run_beside(host, &["rpcinfo", "-p"]);
+        listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        if listing.contains(needle) {
+            return (listing, true);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (listing, false)
+}
+
+/// Runs nfs-common's `sm-notify` beside `host` (a "rebooted" host announcing
+/// itself as `name`, state in `dir`); `extra` adds flags such as `-n`.
+pub fn sm_notify(ns: &Netns, host: &Daemon, dir: &Path, name: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["sm-notify", "-d", "-f", "-m", "1"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-P", dir.to_str().unwrap(), "-v", name]);
+    ns.run_beside(host, &args)
+}
