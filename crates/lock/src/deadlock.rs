@@ -91,15 +91,13 @@ impl Engine {
             }
             true
         };
-        !f.holders
+        !f.visit_holders(r.start(), r.end(), Filter::conflicting(excl), &mut |s| {
+            edge(s.owner)
+        }) || !f
+            .waiters
             .visit_overlaps(r.start(), r.end(), Filter::conflicting(excl), &mut |s| {
-                edge(f.holders.get(s).owner)
+                let n = f.waiters.get(s);
+                n.payload.seq >= seq || edge(n.owner)
             })
-            || !f
-                .waiters
-                .visit_overlaps(r.start(), r.end(), Filter::conflicting(excl), &mut |s| {
-                    let n = f.waiters.get(s);
-                    n.payload.seq >= seq || edge(n.owner)
-                })
     }
 }

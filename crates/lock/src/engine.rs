@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::events::{Event, Holder, LockAnswer, Reply, Stats, TestAnswer};
+use crate::excl::Seg;
 use crate::file::{FileState, Interest, Plan, Waiter};
 use crate::owner::{FileId, Owners};
 use crate::tree::Filter;
@@ -181,7 +182,7 @@ impl Engine {
             return Ok(LockAnswer::Granted);
         }
         if !req.block {
-            let h = holder.map(|slot| self.describe(fid, slot));
+            let h = holder.map(|seg| self.describe(seg));
             self.start_breaks(fid, oid, interest, now, events);
             return Ok(LockAnswer::Denied(h));
         }
@@ -251,7 +252,7 @@ impl Engine {
             .file(fid)
             .holder_conflict(oid, range, mode == Mode::Exclusive)
         {
-            Some(slot) => TestAnswer::Conflict(self.describe(fid, slot)),
+            Some(seg) => TestAnswer::Conflict(self.describe(seg)),
             None => TestAnswer::Free,
         }
     }
@@ -421,11 +422,14 @@ impl Engine {
         };
         let mut out = Vec::new();
         self.file(fid)
-            .holders
-            .visit_overlaps(0, u64::MAX, Filter::All, &mut |slot| {
-                out.push(self.describe(fid, slot));
+            .visit_holders(0, u64::MAX, Filter::All, &mut |seg| {
+                out.push(self.describe(seg));
                 true
             });
+        // Exclusive and shared segments came separately; no two share a
+        // start (they would overlap, and one owner's never do), and the
+        // stable sort keeps the tree's order among shared ones.
+        out.sort_by_key(|h| h.range.start());
         out
     }
 
@@ -500,16 +504,15 @@ impl Engine {
         r
     }
 
-    pub(crate) fn describe(&self, fid: FileId, slot: u32) -> Holder {
-        let n = self.file(fid).holders.get(slot);
+    pub(crate) fn describe(&self, seg: Seg) -> Holder {
         Holder {
-            owner: self.owners.key(n.owner),
-            mode: if n.excl {
+            owner: self.owners.key(seg.owner),
+            mode: if seg.excl {
                 Mode::Exclusive
             } else {
                 Mode::Shared
             },
-            range: Range::new(n.start, n.end).unwrap_or(Range::ALL),
+            range: Range::new(seg.start, seg.end).unwrap_or(Range::ALL),
         }
     }
 
@@ -579,7 +582,7 @@ impl Engine {
         self.files
             .iter()
             .flatten()
-            .map(|f| f.holders.capacity_bytes() + f.waiters.capacity_bytes())
+            .map(|f| f.holders.capacity_bytes() + f.excl.bytes() + f.waiters.capacity_bytes())
             .sum()
     }
 }

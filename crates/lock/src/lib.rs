@@ -23,6 +23,7 @@
 mod deadlock;
 mod engine;
 mod events;
+mod excl;
 mod file;
 mod lease;
 mod owner;

@@ -57,6 +57,11 @@ pub(crate) struct Tree<P> {
     root: [u32; 2],
     len: usize,
     owner_order: bool,
+    /// Whether exclusive nodes are in order 0. The held-lock tree leaves
+    /// them out: they are pairwise disjoint and live in the file's
+    /// [`crate::excl::ExclIndex`], which answers for them with fewer cache
+    /// misses, so order 0 there holds the shared segments only.
+    excl_in_order0: bool,
 }
 
 type Key = (u32, u64, u32);
@@ -70,14 +75,19 @@ fn prio(slot: u32) -> u64 {
 }
 
 impl<P> Tree<P> {
-    pub fn new(owner_order: bool) -> Self {
+    pub fn new(owner_order: bool, excl_in_order0: bool) -> Self {
         Tree {
             nodes: Vec::new(),
             free: Vec::new(),
             root: [NIL; 2],
             len: 0,
             owner_order,
+            excl_in_order0,
         }
+    }
+
+    fn linked(&self, order: usize, slot: u32) -> bool {
+        order != 0 || self.excl_in_order0 || !self.nodes[slot as usize].excl
     }
 
     pub fn len(&self) -> usize {
@@ -210,6 +220,9 @@ impl<P> Tree<P> {
             }
         };
         for order in 0..self.orders() {
+            if !self.linked(order, slot) {
+                continue;
+            }
             let key = self.key(order, slot);
             let (a, b) = self.split(self.root[order], key, order);
             let l = self.merge(a, slot, order);
@@ -221,6 +234,9 @@ impl<P> Tree<P> {
 
     pub fn remove(&mut self, slot: u32) {
         for order in 0..self.orders() {
+            if !self.linked(order, slot) {
+                continue;
+            }
             let key = self.key(order, slot);
             let (a, b) = self.split(self.root[order], key, order);
             let (_, c) = self.split(b, (key.0, key.1, key.2 + 1), order);
@@ -231,8 +247,8 @@ impl<P> Tree<P> {
         self.len -= 1;
     }
 
-    /// Calls `f` on every node overlapping `[s, e]` that passes `filter`, in
-    /// start order, until `f` returns `false`. Returns `false` if stopped
+    /// Calls `f` on every node in order 0 overlapping `[s, e]` that passes
+    /// `filter`, in start order, until `f` returns `false`. Returns `false` if stopped
     /// early.
     pub fn visit_overlaps(
         &self,
