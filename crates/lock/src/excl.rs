@@ -4,28 +4,27 @@
 //! owner's lock, and one owner's segments never overlap), so their ends are
 //! sorted as well and the ones overlapping a range are one run. That needs
 //! no interval tree, only an ordered index, and the index is laid out for
-//! the memory hierarchy: sorted chunks of up to [`CAP`] segments with start,
-//! end and owner in contiguous arrays, found through a B-tree of the
-//! chunks' lower fences. The fence tree holds one key per chunk (1/16 to
-//! 1/32 of the segments), so it stays in cache at a million locks, and a
-//! probe reads one chunk: about one cache miss where a treap or a B-tree of
-//! small nodes takes one per level, and the answer (end and owner) comes
-//! with it.
+//! the memory hierarchy: sorted chunks of up to [`CAP`] segments, each
+//! (start, end, owner) side by side, found through a directory of the
+//! chunks' lower fences which is itself chunked the same way under a small
+//! B-tree. The directory is about 12 bytes per 16 to 32 segments in one
+//! arena, so it stays in cache (and in the TLB) at a million locks, and a
+//! probe then reads one chunk: one round trip to memory where a treap or a
+//! B-tree of small nodes pays one per level, with the end and owner of the
+//! answer in the lines already loaded.
 //!
-//! Cost: insert, remove and a probe are O(log n) for the fence tree plus
-//! O([`CAP`]) within a chunk.
+//! Cost: insert, remove and a probe are O(log n) in the B-tree plus
+//! O([`CAP`]) in each of two chunks.
 
 use std::collections::BTreeMap;
-use std::ops::Bound::{Excluded, Unbounded};
 
 use crate::types::OwnerId;
 
-/// Segments per chunk: 32 starts fill four cache lines, searched without
-/// dependent loads.
+/// Entries per chunk.
 const CAP: usize = 32;
 /// A chunk this small after a removal is merged into a neighbour when the
-/// two fit in half a chunk together, so chunks hold CAP/8 segments or more
-/// on average and the fence tree stays O(n / CAP).
+/// two fit in half a chunk together, so chunks hold CAP/8 entries or more
+/// on average and a directory has O(n / CAP) entries.
 const LOW: usize = CAP / 4;
 
 /// A held segment as the conflict questions report it.
@@ -37,254 +36,429 @@ pub(crate) struct Seg {
     pub excl: bool,
 }
 
-struct Chunk {
-    len: usize,
-    start: [u64; CAP],
-    end: [u64; CAP],
-    owner: [OwnerId; CAP],
+/// An ordered map from u64 keys to chunk ids: the directory a [`Level`]
+/// finds its chunks through.
+trait Dir: Default {
+    /// The entry with the greatest key `<= key`.
+    fn pred(&self, key: u64) -> Option<(u64, u32)>;
+    /// The entry with the greatest key `< key`.
+    fn pred_below(&self, key: u64) -> Option<(u64, u32)>;
+    /// The entry with the least key `> key`.
+    fn succ_above(&self, key: u64) -> Option<(u64, u32)>;
+    fn insert(&mut self, key: u64, v: u32);
+    fn remove(&mut self, key: u64) -> Option<u32>;
+    fn clear(&mut self);
+    fn bytes(&self) -> usize;
 }
 
-impl Chunk {
-    fn new() -> Box<Chunk> {
-        Box::new(Chunk {
+impl Dir for BTreeMap<u64, u32> {
+    fn pred(&self, key: u64) -> Option<(u64, u32)> {
+        self.range(..=key).next_back().map(|(&k, &v)| (k, v))
+    }
+    fn pred_below(&self, key: u64) -> Option<(u64, u32)> {
+        self.range(..key).next_back().map(|(&k, &v)| (k, v))
+    }
+    fn succ_above(&self, key: u64) -> Option<(u64, u32)> {
+        let from = key.checked_add(1)?;
+        self.range(from..).next().map(|(&k, &v)| (k, v))
+    }
+    fn insert(&mut self, key: u64, v: u32) {
+        BTreeMap::insert(self, key, v);
+    }
+    fn remove(&mut self, key: u64) -> Option<u32> {
+        BTreeMap::remove(self, &key)
+    }
+    fn clear(&mut self) {
+        BTreeMap::clear(self);
+    }
+    fn bytes(&self) -> usize {
+        // Leaf nodes of 11 twelve-byte entries, two thirds full on average.
+        self.len() * 20
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Chunk<V> {
+    len: usize,
+    e: [(u64, V); CAP],
+}
+
+impl<V: Copy + Default> Chunk<V> {
+    fn new() -> Chunk<V> {
+        Chunk {
             len: 0,
-            start: [0; CAP],
-            end: [0; CAP],
-            owner: [OwnerId(0); CAP],
-        })
+            e: [(0, V::default()); CAP],
+        }
     }
 
-    /// How many segments start at or before `at` (a branch-free count the
-    /// compiler vectorises: all four lines are loaded at once).
+    /// How many keys are `<= at` (a branch-free count whose loads are
+    /// independent: every line of the chunk is fetched at once).
     fn rank(&self, at: u64) -> usize {
-        self.start[..self.len]
+        self.e[..self.len]
             .iter()
-            .map(|&s| usize::from(s <= at))
+            .map(|x| usize::from(x.0 <= at))
             .sum()
     }
 
-    fn seg(&self, i: usize) -> Seg {
-        Seg {
-            start: self.start[i],
-            end: self.end[i],
-            owner: self.owner[i],
-            excl: true,
-        }
+    fn key(&self, i: usize) -> u64 {
+        self.e[i].0
     }
 
-    fn insert_at(&mut self, i: usize, start: u64, end: u64, owner: OwnerId) {
+    fn insert_at(&mut self, i: usize, key: u64, v: V) {
         let n = self.len;
-        self.start.copy_within(i..n, i + 1);
-        self.end.copy_within(i..n, i + 1);
-        self.owner.copy_within(i..n, i + 1);
-        self.start[i] = start;
-        self.end[i] = end;
-        self.owner[i] = owner;
+        self.e.copy_within(i..n, i + 1);
+        self.e[i] = (key, v);
         self.len += 1;
     }
 
-    fn remove_at(&mut self, i: usize) {
+    fn remove_at(&mut self, i: usize) -> V {
+        let v = self.e[i].1;
         let n = self.len;
-        self.start.copy_within(i + 1..n, i);
-        self.end.copy_within(i + 1..n, i);
-        self.owner.copy_within(i + 1..n, i);
+        self.e.copy_within(i + 1..n, i);
         self.len -= 1;
-    }
-
-    /// Appends `other`, whose segments all start after ours; the caller
-    /// checked that they fit.
-    fn append(&mut self, other: &Chunk) {
-        let (n, m) = (self.len, other.len);
-        self.start[n..n + m].copy_from_slice(&other.start[..m]);
-        self.end[n..n + m].copy_from_slice(&other.end[..m]);
-        self.owner[n..n + m].copy_from_slice(&other.owner[..m]);
-        self.len += m;
-    }
-
-    /// Moves the segments from `at` on into a new chunk.
-    fn split_off(&mut self, at: usize) -> Box<Chunk> {
-        let mut upper = Chunk::new();
-        let m = self.len - at;
-        upper.start[..m].copy_from_slice(&self.start[at..self.len]);
-        upper.end[..m].copy_from_slice(&self.end[at..self.len]);
-        upper.owner[..m].copy_from_slice(&self.owner[at..self.len]);
-        upper.len = m;
-        self.len = at;
-        upper
-    }
-
-    /// Calls `f` on the segments from index `i` on that start at or before
-    /// `e` and end at or after `s`. `Some(keep_going)` once the run is over
-    /// (a segment starts past `e`, or `f` said stop), `None` if the chunk
-    /// ran out first.
-    fn scan(&self, i: usize, s: u64, e: u64, f: &mut impl FnMut(Seg) -> bool) -> Option<bool> {
-        for j in i..self.len {
-            if self.start[j] > e {
-                return Some(true);
-            }
-            if self.end[j] >= s && !f(self.seg(j)) {
-                return Some(false);
-            }
-        }
-        None
+        v
     }
 }
 
-/// Invariants: the chunk with the lowest fence has fence 0 (so every start
-/// has a chunk); each chunk's segments start at or after its fence and
-/// before the next fence, in order; no chunk is empty unless the index is
-/// (then there is no chunk at all).
+/// A sorted map of u64 keys in chunks, with the chunks' lower fences in a
+/// directory `D`. Invariants: the lowest fence is 0 (every key has a
+/// chunk); a chunk's keys lie at or above its fence and below the next
+/// fence, in order; no chunk is empty unless the map is (then there are no
+/// chunks).
+struct Level<V, D> {
+    dir: D,
+    chunks: Vec<Chunk<V>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<V, D: Default> Default for Level<V, D> {
+    fn default() -> Self {
+        Level {
+            dir: D::default(),
+            chunks: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V: Copy + Default, D: Dir> Level<V, D> {
+    fn alloc(&mut self) -> u32 {
+        match self.free.pop() {
+            Some(id) => {
+                self.chunks[id as usize] = Chunk::new();
+                id
+            }
+            None => {
+                self.chunks.push(Chunk::new());
+                // Chunk counts stay far below 2^32: a chunk holds entries
+                // the engine's bounds already limit.
+                (self.chunks.len() - 1) as u32
+            }
+        }
+    }
+
+    fn chunk(&self, id: u32) -> &Chunk<V> {
+        &self.chunks[id as usize]
+    }
+
+    fn chunk_mut(&mut self, id: u32) -> &mut Chunk<V> {
+        &mut self.chunks[id as usize]
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.capacity() * std::mem::size_of::<Chunk<V>>() + self.dir.bytes()
+    }
+
+    /// Adds an entry; the key must not be present.
+    fn put(&mut self, key: u64, v: V) {
+        self.len += 1;
+        let Some((_, id)) = self.dir.pred(key) else {
+            let id = self.alloc();
+            self.chunk_mut(id).insert_at(0, key, v);
+            self.dir.insert(0, id);
+            return;
+        };
+        let c = self.chunk(id);
+        let i = c.rank(key);
+        if c.len < CAP {
+            self.chunk_mut(id).insert_at(i, key, v);
+            return;
+        }
+        // Full. Appending past the last chunk starts a new one (so keys
+        // added in ascending order pack their chunks full); otherwise the
+        // chunk splits in halves.
+        let last = self.dir.succ_above(key).is_none();
+        let nid = self.alloc();
+        let fence = if last && i == CAP {
+            self.chunk_mut(nid).insert_at(0, key, v);
+            key
+        } else {
+            let half = CAP / 2;
+            let upper: Vec<(u64, V)> = self.chunk(id).e[half..CAP].to_vec();
+            self.chunk_mut(id).len = half;
+            let n = self.chunk_mut(nid);
+            n.e[..upper.len()].copy_from_slice(&upper);
+            n.len = upper.len();
+            let fence = n.key(0);
+            if key < fence {
+                self.chunk_mut(id).insert_at(i, key, v);
+            } else {
+                self.chunk_mut(nid).insert_at(i - half, key, v);
+            }
+            fence
+        };
+        self.dir.insert(fence, nid);
+    }
+
+    /// Removes the entry with this key and returns its value.
+    fn take(&mut self, key: u64) -> Option<V> {
+        let (fence, id) = self.dir.pred(key)?;
+        let c = self.chunk(id);
+        let i = c.rank(key);
+        if i == 0 || c.key(i - 1) != key {
+            return None;
+        }
+        let v = self.chunk_mut(id).remove_at(i - 1);
+        self.len -= 1;
+        if self.chunk(id).len < LOW {
+            self.rebalance(fence, id);
+        }
+        Some(v)
+    }
+
+    /// Merges a small chunk with a neighbour when they fit in half a chunk
+    /// together; drops it when it is empty.
+    fn rebalance(&mut self, fence: u64, id: u32) {
+        if self.len == 0 {
+            self.dir.clear();
+            self.chunks.clear();
+            self.free.clear();
+            return;
+        }
+        let here = self.chunk(id).len;
+        if let Some((rk, rid)) = self.dir.succ_above(fence) {
+            let rlen = self.chunk(rid).len;
+            // The right chunk's entries move down under this fence, which
+            // is lower: the fence invariant holds. For an empty first chunk
+            // that is the only way to keep fence 0.
+            if here + rlen <= CAP / 2 || (here == 0 && fence == 0) {
+                self.dir.remove(rk);
+                let r = *self.chunk(rid);
+                let c = self.chunk_mut(id);
+                c.e[here..here + rlen].copy_from_slice(&r.e[..rlen]);
+                c.len += rlen;
+                self.free.push(rid);
+                return;
+            }
+        }
+        if let Some((_, lid)) = self.dir.pred_below(fence) {
+            let llen = self.chunk(lid).len;
+            if here + llen <= CAP / 2 || here == 0 {
+                self.dir.remove(fence);
+                let c = *self.chunk(id);
+                let l = self.chunk_mut(lid);
+                l.e[llen..llen + here].copy_from_slice(&c.e[..here]);
+                l.len += here;
+                self.free.push(id);
+            }
+        }
+    }
+
+    /// The entry with the greatest key `<= key`.
+    fn pred_entry(&self, key: u64) -> Option<(u64, V)> {
+        let (fence, id) = self.dir.pred(key)?;
+        let c = self.chunk(id);
+        let i = c.rank(key);
+        if i > 0 {
+            return Some(c.e[i - 1]);
+        }
+        let (_, pid) = self.dir.pred_below(fence)?;
+        let p = self.chunk(pid);
+        p.len.checked_sub(1).map(|j| p.e[j])
+    }
+
+    /// The entry with the least key `> key`.
+    fn succ_entry(&self, key: u64) -> Option<(u64, V)> {
+        let next = match self.dir.pred(key) {
+            Some((fence, id)) => {
+                let c = self.chunk(id);
+                let i = c.rank(key);
+                if i < c.len {
+                    return Some(c.e[i]);
+                }
+                self.dir.succ_above(fence)
+            }
+            None => self.dir.succ_above(key),
+        };
+        let (_, nid) = next?;
+        let n = self.chunk(nid);
+        (n.len > 0).then(|| n.e[0])
+    }
+}
+
+/// A directory that is itself chunked: the fences of the segment chunks.
+impl<D: Dir> Dir for Level<u32, D> {
+    fn pred(&self, key: u64) -> Option<(u64, u32)> {
+        self.pred_entry(key)
+    }
+    fn pred_below(&self, key: u64) -> Option<(u64, u32)> {
+        self.pred_entry(key.checked_sub(1)?)
+    }
+    fn succ_above(&self, key: u64) -> Option<(u64, u32)> {
+        self.succ_entry(key)
+    }
+    fn insert(&mut self, key: u64, v: u32) {
+        self.put(key, v);
+    }
+    fn remove(&mut self, key: u64) -> Option<u32> {
+        self.take(key)
+    }
+    fn clear(&mut self) {
+        self.dir.clear();
+        self.chunks.clear();
+        self.free.clear();
+        self.len = 0;
+    }
+    fn bytes(&self) -> usize {
+        Level::bytes(self)
+    }
+}
+
+/// End and owner of a segment, beside its start in a chunk.
+#[derive(Clone, Copy)]
+struct Tail {
+    end: u64,
+    owner: OwnerId,
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Tail {
+            end: 0,
+            owner: OwnerId(0),
+        }
+    }
+}
+
+type Segs = Level<Tail, Level<u32, BTreeMap<u64, u32>>>;
+
 #[derive(Default)]
 pub(crate) struct ExclIndex {
-    chunks: BTreeMap<u64, Box<Chunk>>,
-    len: usize,
+    segs: Segs,
+}
+
+fn seg(x: (u64, Tail)) -> Seg {
+    Seg {
+        start: x.0,
+        end: x.1.end,
+        owner: x.1.owner,
+        excl: true,
+    }
+}
+
+/// Calls `f` on the segments of `c` from index `i` on that start at or
+/// before `e` and end at or after `s`. `Some(keep_going)` once the run is
+/// over (a segment starts past `e`, or `f` said stop), `None` if the chunk
+/// ran out first.
+fn scan(
+    c: &Chunk<Tail>,
+    i: usize,
+    s: u64,
+    e: u64,
+    f: &mut impl FnMut(Seg) -> bool,
+) -> Option<bool> {
+    for &x in &c.e[i.min(c.len)..c.len] {
+        if x.0 > e {
+            return Some(true);
+        }
+        if x.1.end >= s && !f(seg(x)) {
+            return Some(false);
+        }
+    }
+    None
 }
 
 impl ExclIndex {
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.len
+        self.segs.len
     }
 
-    /// Heap bytes (chunks, and the fence tree estimated), for the memory
-    /// report.
+    /// Heap bytes, for the memory report.
     pub fn bytes(&self) -> usize {
-        self.chunks.len() * (std::mem::size_of::<Chunk>() + 24)
+        self.segs.bytes()
     }
 
     /// Adds a segment; it must not overlap any segment already here.
     pub fn insert(&mut self, start: u64, end: u64, owner: OwnerId) {
-        self.len += 1;
-        let Some((_, c)) = self.chunks.range_mut(..=start).next_back() else {
-            let mut c = Chunk::new();
-            c.insert_at(0, start, end, owner);
-            self.chunks.insert(0, c);
-            return;
-        };
-        let i = c.rank(start);
-        if c.len < CAP {
-            c.insert_at(i, start, end, owner);
-            return;
-        }
-        // Full. Appending past the last chunk starts a new one (so a file
-        // locked in ascending order packs its chunks full); otherwise the
-        // chunk splits in halves.
-        let last = self
-            .chunks
-            .range((Excluded(start), Unbounded))
-            .next()
-            .is_none();
-        let Some((_, c)) = self.chunks.range_mut(..=start).next_back() else {
-            return;
-        };
-        let (fence, upper) = if last && i == CAP {
-            let mut upper = Chunk::new();
-            upper.insert_at(0, start, end, owner);
-            (start, upper)
-        } else {
-            let mut upper = c.split_off(CAP / 2);
-            let fence = upper.start[0];
-            if start < fence {
-                c.insert_at(i, start, end, owner);
-            } else {
-                upper.insert_at(i - CAP / 2, start, end, owner);
-            }
-            (fence, upper)
-        };
-        self.chunks.insert(fence, upper);
+        self.segs.put(start, Tail { end, owner });
     }
 
     /// Removes the segment starting at `start`; `false` if there is none.
     pub fn remove(&mut self, start: u64) -> bool {
-        let Some((&fence, c)) = self.chunks.range_mut(..=start).next_back() else {
-            return false;
-        };
-        let i = c.rank(start);
-        if i == 0 || c.start[i - 1] != start {
-            return false;
-        }
-        c.remove_at(i - 1);
-        self.len -= 1;
-        if c.len < LOW {
-            self.rebalance(fence);
-        }
-        true
-    }
-
-    /// Merges a small chunk with a neighbour when they fit in half a chunk;
-    /// drops it when it is empty.
-    fn rebalance(&mut self, fence: u64) {
-        if self.len == 0 {
-            self.chunks.clear();
-            return;
-        }
-        let size = |c: Option<(&u64, &Box<Chunk>)>| c.map(|(&k, c)| (k, c.len));
-        let here = self.chunks.get(&fence).map_or(0, |c| c.len);
-        let right = size(self.chunks.range((Excluded(fence), Unbounded)).next());
-        let left = size(self.chunks.range(..fence).next_back());
-        if let Some((rk, rlen)) = right {
-            if here + rlen <= CAP / 2 || (here == 0 && fence == 0) {
-                // The right chunk's segments move down into this one, whose
-                // fence is lower: the fence invariant holds. When this is
-                // the first chunk and empty, that is the only way to keep
-                // fence 0 without an empty chunk.
-                if let Some(r) = self.chunks.remove(&rk) {
-                    if here == 0 {
-                        self.chunks.insert(fence, r);
-                    } else if let Some(c) = self.chunks.get_mut(&fence) {
-                        c.append(&r);
-                    }
-                }
-                return;
-            }
-        }
-        if let Some((lk, llen)) = left {
-            if here + llen <= CAP / 2 || here == 0 {
-                if let Some(c) = self.chunks.remove(&fence) {
-                    if let Some(l) = self.chunks.get_mut(&lk) {
-                        l.append(&c);
-                    }
-                }
-            }
-        }
+        self.segs.take(start).is_some()
     }
 
     /// Calls `f` on every segment overlapping `[s, e]`, in start order,
     /// until it returns `false`; returns `false` if stopped early.
     pub fn visit(&self, s: u64, e: u64, mut f: impl FnMut(Seg) -> bool) -> bool {
-        let Some((&fence, c)) = self.chunks.range(..=s).next_back() else {
+        let l = &self.segs;
+        let Some((fence, id)) = l.dir.pred(s) else {
             return true;
         };
         // The segment that may contain `s` is the last one starting at or
         // before it: in this chunk, or else the previous chunk's last.
+        let c = l.chunk(id);
         let i = c.rank(s);
         if i == 0 {
-            if let Some((_, p)) = self.chunks.range(..fence).next_back() {
-                if let Some(done) = p.scan(p.len.saturating_sub(1), s, e, &mut f) {
+            if let Some((_, pid)) = l.dir.pred_below(fence) {
+                let p = l.chunk(pid);
+                if let Some(done) = scan(p, p.len.saturating_sub(1), s, e, &mut f) {
                     return done;
                 }
             }
         }
-        if let Some(done) = c.scan(i.saturating_sub(1), s, e, &mut f) {
+        if let Some(done) = scan(c, i.saturating_sub(1), s, e, &mut f) {
             return done;
         }
-        for (_, c) in self.chunks.range((Excluded(fence), Unbounded)) {
-            if let Some(done) = c.scan(0, s, e, &mut f) {
+        let mut at = fence;
+        while let Some((next, nid)) = l.dir.succ_above(at) {
+            if let Some(done) = scan(l.chunk(nid), 0, s, e, &mut f) {
                 return done;
             }
+            at = next;
         }
         true
     }
 
-    /// The first segment overlapping `[s, e]` held by someone other than
-    /// `owner`.
+    /// A segment overlapping `[s, e]` held by someone other than `owner`.
+    /// The common case is answered from the chunk holding `e`, walking back
+    /// from the last segment starting at or before `e` (ends are sorted
+    /// too); the general walk covers runs that leave the chunk.
     pub fn other_than(&self, owner: OwnerId, s: u64, e: u64) -> Option<Seg> {
+        let l = &self.segs;
+        let (_, id) = l.dir.pred(e)?;
+        let c = l.chunk(id);
+        let mut i = c.rank(e);
+        while i > 0 {
+            i -= 1;
+            let x = c.e[i];
+            if x.1.end < s {
+                // Everything before ends before `s` as well.
+                return None;
+            }
+            if x.1.owner != owner {
+                return Some(seg(x));
+            }
+        }
         let mut found = None;
-        self.visit(s, e, |seg| {
-            if seg.owner == owner {
+        self.visit(s, e, |g| {
+            if g.owner == owner {
                 return true;
             }
-            found = Some(seg);
+            found = Some(g);
             false
         });
         found
@@ -308,14 +482,21 @@ mod tests {
         let want: Vec<(u64, u64)> = model.iter().map(|(&a, &b)| (a, b)).collect();
         assert_eq!(all(x), want);
         assert_eq!(x.len(), model.len());
-        let mut prev: Option<u64> = None;
-        for (&k, c) in &x.chunks {
+        // Every chunk non-empty, at or above its fence, below the next.
+        let mut fence = x.segs.dir.pred(0);
+        if model.is_empty() {
+            assert!(fence.is_none());
+        } else {
+            assert_eq!(fence.map(|f| f.0), Some(0));
+        }
+        while let Some((k, id)) = fence {
+            let c = x.segs.chunk(id);
             assert!(c.len > 0, "empty chunk");
-            if prev.is_none() {
-                assert_eq!(k, 0);
+            assert!(c.key(0) >= k);
+            fence = x.segs.dir.succ_above(k);
+            if let Some((nk, _)) = fence {
+                assert!(c.key(c.len - 1) < nk);
             }
-            assert!(c.start[0] >= k);
-            prev = Some(k);
         }
         for s in (0..400u64).step_by(3) {
             for e in [s, s + 1, s + 5, s + 40] {
@@ -357,7 +538,7 @@ mod tests {
             model.remove(&(4 * k));
             check(&x, &model);
         }
-        assert!(x.chunks.is_empty());
+        assert!(x.segs.chunks.is_empty() && x.segs.dir.chunks.is_empty());
         for k in 0..200u64 {
             x.insert(2 * k, 2 * k, OwnerId(0));
             model.insert(2 * k, 2 * k);
@@ -370,5 +551,34 @@ mod tests {
                 check(&x, &model);
             }
         }
+    }
+
+    #[test]
+    fn directory_chunks_split_and_merge() {
+        // Enough segments for the directory of fences to fill several of
+        // its own chunks, in a scrambled order, then most of them removed.
+        let mut x = ExclIndex::default();
+        let mut model = std::collections::BTreeMap::new();
+        let n = 20_011u64;
+        for j in 0..n {
+            let k = (j * 7919) % n;
+            x.insert(3 * k, 3 * k + 1, OwnerId(k as u32));
+            model.insert(3 * k, 3 * k + 1);
+        }
+        check(&x, &model);
+        assert!(x.segs.dir.chunks.len() > 4);
+        for j in 0..n - 50 {
+            let k = (j * 104_729 + 5) % n;
+            assert!(x.remove(3 * k));
+            model.remove(&(3 * k));
+            if j % 2_000 == 0 {
+                check(&x, &model);
+            }
+        }
+        check(&x, &model);
+        for k in 0..n {
+            x.remove(3 * k);
+        }
+        assert!(x.segs.chunks.is_empty() && x.segs.dir.chunks.is_empty());
     }
 }
