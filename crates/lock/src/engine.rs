@@ -576,8 +576,8 @@ impl Engine {
         }
     }
 
-    /// Approximate heap bytes of the lock tables (arenas only), for tests
-    /// and the memory benchmark's cross-check.
+    /// Approximate heap bytes of the lock tables (treap arenas and the
+    /// exclusive index), for tests and the memory benchmark's cross-check.
     pub fn arena_bytes(&self) -> usize {
         self.files
             .iter()

@@ -12,8 +12,11 @@
 //! Cost: a lock, unlock or test is O(log n) in the locks on the file
 //! (plus the same owner's segments it replaces), however many owners hold
 //! overlapping shared locks: each file keeps its segments in an arena treap
-//! ordered by start with a max-end augmentation, threaded a second time in
-//! (owner, start) order for POSIX merge and split.
+//! in (owner, start) order for POSIX merge and split, threaded a second time
+//! by start with a max-end augmentation for the shared segments, which may
+//! overlap; the exclusive ones, pairwise disjoint, are in a chunked sorted
+//! index laid out so that a probe at a million locks costs about one trip
+//! to memory (see `excl`).
 //!
 //! Entry points: [`Engine::lock`], [`Engine::unlock`], [`Engine::test`],
 //! [`Engine::cancel`], [`Engine::release_owner`], [`Engine::release_host`],
