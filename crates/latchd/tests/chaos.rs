@@ -3,7 +3,8 @@
 //! this test relays every Ethernet frame between the hosts' links (a
 //! learning switch on packet sockets) and delays, duplicates and so
 //! reorders IPv4 frames at random; nftables rules (`numgen random`) in each
-//! host drop a share of the UDP datagrams it receives. Workers run real
+//! host drop a share of the UDP datagrams and TCP segments it receives (one
+//! client talks TCP to the server, the others UDP). Workers run real
 //! `latch lock SERVER chaos --wait -- CMD` processes on the client hosts,
 //! CMD appending START and END records (CLOCK_MONOTONIC, all on this one
 //! machine) to a shared log only while holding the exclusive lock; between
@@ -414,11 +415,11 @@ impl Drop for Relay {
 // ---------------------------------------------------------------------------
 // Loss: nftables in each host.
 
-/// Drops `pct`% of the UDP datagrams `ns` receives on its link, counting
-/// them and every UDP datagram it receives there.
+/// Drops `pct`% of the UDP datagrams and TCP segments `ns` receives on its
+/// link, counting them and every one it receives there.
 fn nft_loss(ns: &Netns, pct: u64) {
     let rules = format!(
-        "table inet chaos {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  iifname \"veth0\" meta l4proto udp counter\n  iifname \"veth0\" meta l4proto udp numgen random mod 100 < {pct} counter drop\n }}\n}}\n"
+        "table inet chaos {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  iifname \"veth0\" meta l4proto {{ udp, tcp }} counter\n  iifname \"veth0\" meta l4proto {{ udp, tcp }} numgen random mod 100 < {pct} counter drop\n }}\n}}\n"
     );
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
@@ -434,7 +435,7 @@ fn nft_loss(ns: &Netns, pct: u64) {
     assert!(child.wait().unwrap().success(), "nft rules refused");
 }
 
-/// (UDP datagrams received, dropped) by the rules of `nft_loss`.
+/// (packets received, dropped) by the rules of `nft_loss`.
 fn nft_counts(ns: &Netns) -> (u64, u64) {
     let out = run_ok(Command::new("ip").args([
         "netns", "exec", &ns.name, "nft", "-j", "list", "table", "inet", "chaos",
@@ -474,10 +475,16 @@ struct World {
 impl World {
     fn start(dir: &Path, h: &mut Host) {
         let cfg = dir.join(format!("{}.toml", h.tag));
+        // The last client talks to the server over TCP, the others UDP.
+        let transport = if h.tag == format!("client{}", CLIENTS - 1) {
+            "tcp"
+        } else {
+            "udp"
+        };
         std::fs::write(
             &cfg,
             format!(
-                "[nsm]\nnames = [\"{ip}\"]\nnotify_timeout_ms = 60000\n[client]\nname = \"{ip}\"\nresend_blocked_ms = 2000\n[nlm]\ngrace_ms = 6000\n",
+                "[nsm]\nnames = [\"{ip}\"]\nnotify_timeout_ms = 60000\n[client]\nname = \"{ip}\"\ntransport = \"{transport}\"\nresend_blocked_ms = 2000\n[nlm]\ngrace_ms = 6000\n",
                 ip = h.ip
             ),
         )
@@ -580,7 +587,12 @@ fn worker(sh: &Shared, c: WorkerCfg) {
                 continue;
             }
             seq += 1;
-            let hold = rng.range(1_000, 20_000);
+            // Mostly short sections; some long ones, which faults hit.
+            let hold = if rng.percent(15) {
+                rng.range(200_000, 1_000_000)
+            } else {
+                rng.range(1_000, 20_000)
+            };
             let err = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -658,6 +670,23 @@ fn pause(sh: &Shared, client: usize, kill: bool) -> usize {
         }
     }
     killed
+}
+
+/// The worker inside its critical section (the log's last record is a
+/// START), waiting up to `d` for one.
+fn open_section(log: &Path, d: Duration) -> Option<usize> {
+    let deadline = Instant::now() + d;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap();
+        let last = text.lines().last().unwrap_or("");
+        if let Some(rest) = last.strip_prefix("S ") {
+            return rest.split(' ').nth(1).map(|w| w.parse().unwrap());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Waits until no worker of `client` runs a `latch`.
@@ -905,9 +934,20 @@ fn chaos_on_real_processes() {
     let strict = std::env::var("LATCH_CHAOS_STRICT").is_ok_and(|v| v == "1");
     let mut faults = vec![];
     let mut hung = 0;
+    let mut in_section = 0;
     for round in 0..rounds {
         std::thread::sleep(Duration::from_millis(rng.range(1_500, 4_000)));
-        let c = rng.range(0, CLIENTS as u64) as usize;
+        // Most faults strike while a section is open, at its holder's host.
+        let holder = if rng.percent(75) {
+            open_section(&log, Duration::from_secs(5))
+        } else {
+            None
+        };
+        in_section += usize::from(holder.is_some());
+        let c = holder.map_or_else(
+            || rng.range(0, CLIENTS as u64) as usize,
+            |w| w / WORKERS_PER_CLIENT,
+        );
         let fault = match rng.range(0, 3) {
             0 => Fault::ClientHost(c),
             1 => Fault::ClientLatchd(c),
@@ -932,7 +972,7 @@ fn chaos_on_real_processes() {
                 // sections it was running end before the restart makes the
                 // server release the host's locks.
                 pause(&shared, c, false);
-                if !drained(&shared, c, 10) {
+                if !drained(&shared, c, 5) {
                     // A `latch` whose latchd died hangs once CMD ends (see
                     // `a_latch_lock_whose_latchd_dies_hangs_after_cmd`):
                     // counted, ended, and fatal with LATCH_CHAOS_STRICT=1.
@@ -949,9 +989,10 @@ fn chaos_on_real_processes() {
             }
         }
         println!(
-            "chaos: round {round} at {:.1}s: {fault:?}, down {} ms",
+            "chaos: round {round} at {:.1}s: {fault:?}, down {} ms{}",
             at.as_secs_f64(),
-            down.as_millis()
+            down.as_millis(),
+            holder.map_or(String::new(), |w| format!(", worker {w} in its section"))
         );
         faults.push(fault);
     }
@@ -986,6 +1027,10 @@ fn chaos_on_real_processes() {
     let runs = shared.runs.lock().unwrap().clone();
     let text = std::fs::read_to_string(&log).unwrap();
     let verdict = check(&text, &runs);
+    let mut per_host = [0usize; CLIENTS];
+    for r in runs.iter().filter(|r| r.end == End::Exit(0)) {
+        per_host[r.worker / WORKERS_PER_CLIENT] += 1;
+    }
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
     for r in &runs {
         let k = match r.end {
@@ -1003,8 +1048,8 @@ fn chaos_on_real_processes() {
     let count = |f: fn(&Fault) -> bool| faults.iter().filter(|x| f(x)).count();
     let st = &relay.stats;
     println!(
-        "chaos summary: seed {seed}, {rounds} rounds in {:.1}s; faults: {} client host crashes, {} client latchd kills, {} server kills; \
-         {} latch runs {codes:?}, {} sections completed; UDP received {udp}, dropped {dropped} by nftables; \
+        "chaos summary: seed {seed}, {rounds} rounds in {:.1}s; faults: {} client host crashes, {} client latchd kills, {} server kills ({in_section} inside a section); \
+         {} latch runs {codes:?}, {} sections completed (per client host {per_host:?}); UDP/TCP packets received {udp}, dropped {dropped} by nftables; \
          relay: {} frames, {} delayed, {} duplicated, {} reordered; \
          {hung} latch hung after their latchd died (open bug)",
         t0.elapsed().as_secs_f64(),
