@@ -18,7 +18,10 @@
 //! every connection of the caller's uid: `latch unlock`; answered with
 //! `released`: how many held some of it, each of which gets a `lost` event). `server` absent or `"local"` means
 //! this host's own engine. Statuses: granted, blocked, free, denied (with
-//! `holder`), deadlock, grace, nolocks, failed (with `error`). Other events:
+//! `holder`), deadlock, grace, nolocks, busy (a `lock` or `unlock`
+//! overlapping a request of the same connection that is still waiting or
+//! unanswered, on a remote server: refused without being sent, since the
+//! server could apply the two in either order), failed (with `error`). Other events:
 //! `lost` (a lock a rebooted server did not give back), `lease_break`,
 //! `lease_revoked`. When the connection closes, everything it held or
 //! waited for is released: like a process's locks when it exits.
@@ -334,6 +337,8 @@ fn event_json(ev: &LocalEvent) -> Value {
                 Outcome::Deadlock => json!({"status": "deadlock"}),
                 Outcome::Grace => json!({"status": "grace"}),
                 Outcome::NoLocks => json!({"status": "nolocks"}),
+                Outcome::Busy => json!({"status": "busy",
+                    "error": "another request of this connection on an overlapping range is unresolved: wait for its answer or cancel it"}),
                 Outcome::Failed(e) => json!({"status": "failed", "error": e}),
             };
             v["id"] = json!(req);

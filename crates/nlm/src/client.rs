@@ -47,6 +47,11 @@ pub enum Outcome {
     Grace,
     /// A server limit was reached.
     NoLocks,
+    /// Refused here, not sent: another LOCK, UNLOCK or CANCEL of the same
+    /// connection on an overlapping range of the file is unresolved
+    /// (waiting at the server, or unanswered). Wait for its answer or
+    /// cancel it first.
+    Busy,
     /// The server could not be reached or refused the protocol.
     Failed(String),
 }
@@ -178,8 +183,41 @@ pub struct ClientCore {
     granted_early: std::collections::BTreeSet<u64>,
     /// GRANTED callbacks (server, cookie) we refused: a retransmission of
     /// one must be refused too, as the server has already let it go.
-    refused: std::collections::VecDeque<(IpAddr, Vec<u8>)>,
+    refused: Remembered,
+    /// GRANTED callbacks we took: a retransmission of one (our answer was
+    /// lost) is acknowledged again even if the owner has since changed
+    /// what it holds there, which the server saw happen after the grant.
+    accepted: Remembered,
     actions: Vec<ClientAction>,
+}
+
+/// GRANTED cookies (with the server they came from), the latest
+/// [`Remembered::CAP`] of them.
+#[derive(Debug, Default)]
+struct Remembered {
+    order: std::collections::VecDeque<(IpAddr, Vec<u8>)>,
+    set: std::collections::HashSet<(IpAddr, Vec<u8>)>,
+}
+
+impl Remembered {
+    const CAP: usize = 4096;
+
+    fn contains(&self, k: &(IpAddr, Vec<u8>)) -> bool {
+        self.set.contains(k)
+    }
+
+    fn insert(&mut self, k: (IpAddr, Vec<u8>)) {
+        if self.set.contains(&k) {
+            return;
+        }
+        if self.order.len() >= Self::CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(k.clone());
+        self.order.push_back(k);
+    }
 }
 
 fn owner(cfg: &ClientConfig, conn: ConnId) -> (u32, Vec<u8>) {
@@ -323,14 +361,16 @@ impl ClientCore {
 
     /// A local program's request. `req` must be unique per connection.
     pub fn request(&mut self, conn: ConnId, req: ReqId, op: ClientOp, lock: RemoteLock) {
-        if self.full() {
-            self.tell(
-                conn,
-                LocalEvent::Reply {
-                    req,
-                    outcome: Outcome::NoLocks,
-                },
-            );
+        let changes = matches!(op, ClientOp::Lock { .. } | ClientOp::Unlock);
+        let refuse = if self.full() {
+            Some(Outcome::NoLocks)
+        } else if changes && self.unresolved_overlap(conn, &lock) {
+            Some(Outcome::Busy)
+        } else {
+            None
+        };
+        if let Some(outcome) = refuse {
+            self.tell(conn, LocalEvent::Reply { req, outcome });
             return;
         }
         let op = match op {
@@ -353,6 +393,27 @@ impl ClientCore {
             lock,
             vers: 4,
         });
+    }
+
+    /// Whether `conn` has a request on an overlapping range of the same
+    /// file whose effect at the server is not settled yet: one waiting
+    /// there, or a LOCK, UNLOCK or CANCEL not yet answered. The server
+    /// may apply such a request before or after a new one, and POSIX
+    /// results depend on the order (a grant replaces the owner's own
+    /// overlapping locks; an unlock cuts a fresh grant), so a new LOCK or
+    /// UNLOCK there would leave us unsure what the owner holds.
+    fn unresolved_overlap(&self, conn: ConnId, lock: &RemoteLock) -> bool {
+        let (s, e) = span(lock);
+        let hits = |c: ConnId, l: &RemoteLock| {
+            let (ls, le) = span(l);
+            c == conn && l.server == lock.server && l.fh == lock.fh && ls <= e && s <= le
+        };
+        self.waiting.values().any(|w| hits(w.conn, &w.lock))
+            || self
+                .in_flight
+                .values()
+                .chain(self.cleanup_later.iter())
+                .any(|f| f.op != Op::Test && hits(f.conn, &f.lock))
     }
 
     /// Drops `lock`'s range from our record of what `conn` holds, splitting
@@ -734,6 +795,9 @@ impl ClientCore {
         if self.refused.contains(&cookie) {
             return Stat::Denied;
         }
+        if self.accepted.contains(&cookie) {
+            return Stat::Granted;
+        }
         let cfg = &self.cfg;
         let is = |conn: ConnId, l: &RemoteLock| {
             let (svid, oh) = owner(cfg, conn);
@@ -743,6 +807,7 @@ impl ClientCore {
                 && svid == a.lock.svid
                 && l.exclusive == a.exclusive
                 && l.offset == a.lock.offset
+                && l.len == a.lock.len
         };
         let waiting = self
             .waiting
@@ -755,6 +820,7 @@ impl ClientCore {
                 let now = e.last_sent_ms;
                 self.add_held(e.conn, e.req, e.lock, now);
             }
+            self.accepted.insert(cookie);
             return Stat::Granted;
         }
         // Granted before its LOCK's `blocked` answer reached us.
@@ -767,6 +833,7 @@ impl ClientCore {
             .map(|(t, _)| *t);
         if let Some(t) = early {
             self.granted_early.insert(t);
+            self.accepted.insert(cookie);
             return Stat::Granted;
         }
         // A repeat of a GRANTED for a lock we hold is acknowledged again;
@@ -775,10 +842,7 @@ impl ClientCore {
         if self.held.iter().any(|e| is(e.conn, &e.lock)) {
             return Stat::Granted;
         }
-        if self.refused.len() >= 4096 {
-            self.refused.pop_front();
-        }
-        self.refused.push_back(cookie);
+        self.refused.insert(cookie);
         Stat::Denied
     }
 

@@ -297,3 +297,35 @@ fn leftover(w: &World) -> Option<String> {
 pub(crate) fn liveness(w: &World) -> Option<String> {
     leftover(w).map(|e| format!("liveness: {e}"))
 }
+
+/// The server's engine state, a line per held range and per waiter, for
+/// the trace of a failing seed.
+pub(crate) fn server_dump(w: &World) -> Vec<String> {
+    let Some(s) = w.server() else {
+        return vec!["server down".into()];
+    };
+    let mut out = Vec::new();
+    for f in s.engine().files() {
+        let name = String::from_utf8_lossy(&f.0).into_owned();
+        for h in s.engine().locks(&f) {
+            out.push(format!(
+                "  server holds {name} [{}, {}] {:?} for conn {:?}",
+                h.range.start(),
+                h.range.end(),
+                h.mode,
+                owner_conn(&h.owner)
+            ));
+        }
+        for b in s.engine().blocked_on(&f) {
+            out.push(format!(
+                "  server queues {name} [{}, {}] {:?} for conn {:?} ({:?})",
+                b.range.start(),
+                b.range.end(),
+                b.mode,
+                owner_conn(&b.owner),
+                b.id
+            ));
+        }
+    }
+    out
+}

@@ -4,11 +4,13 @@
 //! sim --seeds N [--start S]   N seeds (S, S+1, ...; S random if not given)
 //! sim --seed S [--trace] [--pcap FILE]   one seed, replayed exactly
 //! --lenient-reclaim   checker 5 tolerates reclaims of whole requests
+//! --without K[,K..]   leave out these fault kinds (loss, dup, delay,
+//!                     partitions, client_crash, server_crash, disk)
 //! ```
 //! Prints every failing seed with a one-line reason, and at the end the
 //! seeds run, the simulated hours and the faults exercised.
 
-use latch_sim::{Counts, Options};
+use latch_sim::{Counts, Faults, Options};
 use std::process::ExitCode;
 
 struct Args {
@@ -18,6 +20,7 @@ struct Args {
     trace: bool,
     pcap: Option<std::path::PathBuf>,
     lenient_reclaim: bool,
+    without: Vec<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -28,6 +31,7 @@ fn parse() -> Result<Args, String> {
         trace: false,
         pcap: None,
         lenient_reclaim: false,
+        without: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, what: &str| -> Result<u64, String> {
@@ -46,10 +50,22 @@ fn parse() -> Result<Args, String> {
             "--start" => a.start = Some(num(it.next(), "--start")?),
             "--trace" => a.trace = true,
             "--lenient-reclaim" => a.lenient_reclaim = true,
+            "--without" => {
+                let v = it.next().ok_or("--without wants fault kinds")?;
+                for k in v.split(',') {
+                    if !Faults::KINDS.contains(&k) {
+                        return Err(format!(
+                            "--without: unknown fault kind {k:?} (one of {})",
+                            Faults::KINDS.join(", ")
+                        ));
+                    }
+                    a.without.push(k.to_string());
+                }
+            }
             "--pcap" => a.pcap = Some(it.next().ok_or("--pcap wants a file")?.into()),
             "-h" | "--help" => {
                 return Err(
-                    "usage: sim [--seeds N [--start S]] [--seed S [--trace] [--pcap FILE]] [--lenient-reclaim]".into(),
+                    "usage: sim [--seeds N [--start S]] [--seed S [--trace] [--pcap FILE]] [--lenient-reclaim] [--without K,..]".into(),
                 )
             }
             other => return Err(format!("unknown argument {other}")),
@@ -92,6 +108,7 @@ fn main() -> ExitCode {
             pcap: args.pcap.clone().filter(|_| single),
             length: 1.0,
             lenient_reclaim: args.lenient_reclaim,
+            without: args.without.clone(),
         };
         ran += 1;
         match latch_sim::run(&opts) {

@@ -68,6 +68,9 @@ pub struct Prog {
     pub blocked: BTreeMap<u64, u64>,
     pub belief: Vec<Belief>,
     granted: Vec<Req>,
+    /// What each unanswered UNLOCK or LOCK gave up of the belief at once
+    /// (file, excl, shared before): a `Busy` refusal gives it back.
+    gave_up: BTreeMap<u64, (usize, u64, u64)>,
 }
 
 /// Gives program `p` of host `h` a fresh connection.
@@ -213,6 +216,9 @@ fn request(w: &mut World, h: usize, p: usize, r: Req) {
     prog.outstanding = Some(req);
     prog.reqs.insert(req, r);
     let m = mask(r.off, r.len);
+    if let (ClientOp::Unlock | ClientOp::Lock { .. }, Some(b)) = (r.op, prog.belief.get(r.file)) {
+        prog.gave_up.insert(req, (r.file, b.excl & m, b.shared & m));
+    }
     match r.op {
         // Once it asks to unlock, the program no longer relies on the lock.
         ClientOp::Unlock => {
@@ -288,6 +294,18 @@ pub(crate) fn on_event(w: &mut World, h: usize, conn: u64, ev: LocalEvent) {
             if prog.outstanding == Some(req) {
                 prog.outstanding = None;
             }
+            let gave_up = prog.gave_up.remove(&req);
+            if let (Outcome::Busy, Some((file, excl, shared))) = (&outcome, gave_up) {
+                // Refused without being sent: what the program held, it
+                // still holds.
+                w.counts.busy += 1;
+                if let Some(b) = w.hosts[h].progs[p].belief.get_mut(file) {
+                    let m = excl | shared;
+                    b.excl = (b.excl & !m) | excl;
+                    b.shared = (b.shared & !m) | shared;
+                }
+            }
+            let prog = &mut w.hosts[h].progs[p];
             let Some(spec) = prog.reqs.get(&req).copied() else {
                 w.fail(format!(
                     "host {h} conn {conn}: a reply to request {req}, never made"

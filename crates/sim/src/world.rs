@@ -53,6 +53,10 @@ pub struct Options {
     /// held before the crash (the client core reclaims its requests whole
     /// after partial unlocks), as long as the owner held something there.
     pub lenient_reclaim: bool,
+    /// Fault kinds this run leaves out whatever the seed picks (`loss`,
+    /// `dup`, `delay`, `partitions`, `client_crash`, `server_crash`,
+    /// `disk`): narrows a failing seed down to the faults it needs.
+    pub without: Vec<String>,
 }
 
 impl Options {
@@ -63,6 +67,7 @@ impl Options {
             pcap: None,
             length: 1.0,
             lenient_reclaim: false,
+            without: Vec::new(),
         }
     }
 }
@@ -81,6 +86,33 @@ pub struct Faults {
 }
 
 impl Faults {
+    /// Leaves out the named kinds; unknown names were refused earlier.
+    fn remove(&mut self, without: &[String]) {
+        for w in without {
+            match w.as_str() {
+                "loss" => self.loss = 0.0,
+                "dup" => self.dup = 0.0,
+                "delay" => self.delay_max_ms = 0,
+                "partitions" => self.partitions = false,
+                "client_crash" => self.client_crash = false,
+                "server_crash" => self.server_crash = false,
+                "disk" => self.disk = false,
+                _ => {}
+            }
+        }
+    }
+
+    /// The names [`Options::without`] accepts.
+    pub const KINDS: [&'static str; 7] = [
+        "loss",
+        "dup",
+        "delay",
+        "partitions",
+        "client_crash",
+        "server_crash",
+        "disk",
+    ];
+
     fn swarm(rng: &mut Rng) -> Faults {
         let mut f = Faults::default();
         if rng.chance(0.5) {
@@ -118,6 +150,9 @@ pub struct Counts {
     pub grants: u64,
     pub blocked: u64,
     pub reclaim_lost: u64,
+    /// Requests the client core refused as `Busy` (overlapping the same
+    /// owner's unresolved request).
+    pub busy: u64,
     pub grace_periods: u64,
 }
 
@@ -138,6 +173,7 @@ impl Counts {
         self.grants += o.grants;
         self.blocked += o.blocked;
         self.reclaim_lost += o.reclaim_lost;
+        self.busy += o.busy;
         self.grace_periods += o.grace_periods;
     }
 }
@@ -305,6 +341,7 @@ pub struct World {
     pub(crate) seed: u64,
     pub(crate) now: u64,
     seq: u64,
+    last_dump: Vec<String>,
     queue: BTreeMap<(u64, u64), Ev>,
     pub(crate) hosts: Vec<Host>,
     pub faults: Faults,
@@ -354,7 +391,8 @@ fn host_ip(i: usize) -> IpAddr {
 impl World {
     pub fn new(opts: &Options) -> World {
         let mut rng = Rng::new(opts.seed);
-        let faults = Faults::swarm(&mut rng);
+        let mut faults = Faults::swarm(&mut rng);
+        faults.remove(&opts.without);
         let clients = rng.range(2, 4) as usize;
         let nfiles = rng.range(1, 3) as usize;
         let hosts = (0..=clients)
@@ -377,6 +415,7 @@ impl World {
             seed: opts.seed,
             now: 0,
             seq: 0,
+            last_dump: Vec::new(),
             queue: BTreeMap::new(),
             hosts,
             faults,
@@ -444,6 +483,9 @@ impl World {
     pub(crate) fn fail(&mut self, reason: String) {
         if self.failure.is_none() {
             self.log(format!("FAIL {reason}"));
+            for line in crate::check::server_dump(self) {
+                self.log(line);
+            }
             self.failure = Some(reason);
         }
     }
@@ -666,6 +708,15 @@ impl World {
     }
 
     fn handle(&mut self, ev: Ev) {
+        if std::env::var_os("SIM_DUMP").is_some() {
+            let d = crate::check::server_dump(self);
+            if d != self.last_dump {
+                for line in &d {
+                    self.log(format!("DUMP{line}"));
+                }
+                self.last_dump = d;
+            }
+        }
         match ev {
             Ev::Deliver { src, dst, bytes } => self.deliver(src, dst, bytes),
             Ev::Tick(h) => {
