@@ -257,6 +257,7 @@ impl Client {
                     _ => Some(granted.await),
                 };
                 match got {
+                    Some(Ok(v)) if v["event"] == "refused" => Err(status_error(&v)),
                     Some(Ok(_)) => Ok(guard()),
                     Some(Err(_)) => Err(Error::Closed),
                     None => {
@@ -339,7 +340,8 @@ impl Inner {
                     let _ = tx.send(v);
                 }
             }
-            (Some("granted"), Some(id)) => {
+            // The end of a wait either way: granted, or refused after all.
+            (Some("granted" | "refused"), Some(id)) => {
                 if let Some(tx) = lock_map(&self.grants).remove(&id) {
                     let _ = tx.send(v);
                 }

@@ -22,7 +22,9 @@
 //! overlapping a request of the same connection that is still waiting or
 //! unanswered, on a remote server: refused without being sent, since the
 //! server could apply the two in either order), failed (with `error`). Other events:
-//! `lost` (a lock a rebooted server did not give back), `lease_break`,
+//! `refused` (with a `status`: a blocked request that will not be granted
+//! after all, as when asked again after a server restart the wait would
+//! close a cycle), `lost` (a lock a rebooted server did not give back), `lease_break`,
 //! `lease_revoked`. When the connection closes, everything it held or
 //! waited for is released: like a process's locks when it exits.
 
@@ -320,27 +322,37 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+fn outcome_json(outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::Granted => json!({"status": "granted"}),
+        Outcome::Blocked => json!({"status": "blocked"}),
+        Outcome::Free => json!({"status": "free"}),
+        Outcome::Denied(h) => {
+            let holder = h.as_ref().map(|h| {
+                json!({"exclusive": h.exclusive, "svid": h.svid, "owner": hex(h.oh.as_bytes()),
+                       "offset": h.offset, "len": h.len})
+            });
+            json!({"status": "denied", "holder": holder})
+        }
+        Outcome::Deadlock => json!({"status": "deadlock"}),
+        Outcome::Grace => json!({"status": "grace"}),
+        Outcome::NoLocks => json!({"status": "nolocks"}),
+        Outcome::Busy => json!({"status": "busy",
+            "error": "another request of this connection on an overlapping range is unresolved: wait for its answer or cancel it"}),
+        Outcome::Failed(e) => json!({"status": "failed", "error": e}),
+    }
+}
+
 fn event_json(ev: &LocalEvent) -> Value {
     match ev {
         LocalEvent::Reply { req, outcome } => {
-            let mut v = match outcome {
-                Outcome::Granted => json!({"status": "granted"}),
-                Outcome::Blocked => json!({"status": "blocked"}),
-                Outcome::Free => json!({"status": "free"}),
-                Outcome::Denied(h) => {
-                    let holder = h.as_ref().map(|h| {
-                        json!({"exclusive": h.exclusive, "svid": h.svid, "owner": hex(h.oh.as_bytes()),
-                               "offset": h.offset, "len": h.len})
-                    });
-                    json!({"status": "denied", "holder": holder})
-                }
-                Outcome::Deadlock => json!({"status": "deadlock"}),
-                Outcome::Grace => json!({"status": "grace"}),
-                Outcome::NoLocks => json!({"status": "nolocks"}),
-                Outcome::Busy => json!({"status": "busy",
-                    "error": "another request of this connection on an overlapping range is unresolved: wait for its answer or cancel it"}),
-                Outcome::Failed(e) => json!({"status": "failed", "error": e}),
-            };
+            let mut v = outcome_json(outcome);
+            v["id"] = json!(req);
+            v
+        }
+        LocalEvent::Refused { req, outcome } => {
+            let mut v = outcome_json(outcome);
+            v["event"] = json!("refused");
             v["id"] = json!(req);
             v
         }

@@ -154,6 +154,11 @@ async fn run(cfg: Config) -> Result<()> {
         // Our own LOCKs carry our NSM state, so servers can tell our reboots.
         let state = nsm_service::lock(&n.core).state();
         nlm_service::lock(&nlm_core).client.set_nsm_state(state);
+        nlm_service::lock(&nlm_core).set_boot(state);
+    } else {
+        // The system's statd keeps the state number; any value that differs
+        // from one start to the next does for GRANTED cookies.
+        nlm_service::lock(&nlm_core).set_boot(boot_nonce());
     }
     let mut d = new_dispatcher();
     d.register(Box::new(nlm_service::NlmProgram {
@@ -379,4 +384,14 @@ async fn wait_for_signal() -> Result<()> {
         _ = int.recv() => {},
     }
     Ok(())
+}
+
+/// A number unlikely to repeat across starts: the clock's nanoseconds
+/// mixed with our pid.
+fn boot_nonce() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (nanos as u32) ^ ((nanos >> 32) as u32) ^ std::process::id().rotate_left(16)
 }

@@ -63,6 +63,10 @@ pub enum LocalEvent {
     Reply { req: ReqId, outcome: Outcome },
     /// Blocked request `req` now holds its lock.
     Granted { req: ReqId },
+    /// Blocked request `req` will never be granted: asked again (the
+    /// server restarted, or a GRANTED was lost), the server refused it
+    /// (for example `Deadlock`: the wait would now close a cycle).
+    Refused { req: ReqId, outcome: Outcome },
     /// A lock held on a server that rebooted could not be reclaimed.
     Lost {
         server: IpAddr,
@@ -190,6 +194,9 @@ pub struct ClientCore {
     accepted: Remembered,
     actions: Vec<ClientAction>,
 }
+
+/// How soon a blocked LOCK answered "grace period" is asked again.
+const GRACE_RETRY_MS: u64 = 5_000;
 
 /// GRANTED cookies (with the server they came from), the latest
 /// [`Remembered::CAP`] of them.
@@ -671,6 +678,29 @@ impl ClientCore {
                     len: f.lock.len,
                 };
                 self.tell(f.conn, ev);
+            }
+            // A blocked request asked again: still waiting in grace; any
+            // other answer ends the wait.
+            (Op::Lock { block: true }, s)
+                if f.req
+                    .is_some_and(|r| self.waiting.contains_key(&(f.conn, r))) =>
+            {
+                let key = (f.conn, f.req.unwrap_or_default());
+                if s == Stat::DeniedGracePeriod {
+                    let soon = self.cfg.resend_blocked_ms.min(GRACE_RETRY_MS);
+                    if let Some(w) = self.waiting.get_mut(&key) {
+                        w.last_sent_ms = now_ms.saturating_sub(self.cfg.resend_blocked_ms - soon);
+                    }
+                } else if self.waiting.remove(&key).is_some() {
+                    let outcome = stat_outcome(s);
+                    self.tell(
+                        f.conn,
+                        LocalEvent::Refused {
+                            req: key.1,
+                            outcome,
+                        },
+                    );
+                }
             }
             (_, s) => {
                 if let Some(req) = f.req {

@@ -60,14 +60,25 @@ pub(crate) struct Grants {
     pending: BTreeMap<RequestId, Pending>,
 }
 
-/// Our cookie for a grant is its request id.
-fn cookie(id: RequestId) -> Netobj {
-    Netobj::from_slice(&id.0.to_be_bytes()).unwrap_or_default()
+/// Our cookie for a grant: its request id and our boot number. Request ids
+/// start again at every start, so the boot number keeps a client from
+/// taking a new grant for a copy of one from before our restart.
+fn cookie(id: RequestId, boot: u32) -> Netobj {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&id.0.to_be_bytes());
+    b[8..].copy_from_slice(&boot.to_be_bytes());
+    Netobj::from_slice(&b).unwrap_or_default()
 }
 
-fn id_of(cookie: &Netobj) -> Option<RequestId> {
-    let b: [u8; 8] = cookie.as_bytes().try_into().ok()?;
-    Some(RequestId(u64::from_be_bytes(b)))
+/// The request a cookie of ours names; `None` for anything else,
+/// including our cookies from before a restart.
+fn id_of(cookie: &Netobj, boot: u32) -> Option<RequestId> {
+    let b: [u8; 12] = cookie.as_bytes().try_into().ok()?;
+    let (id, from) = b.split_at(8);
+    if from != boot.to_be_bytes() {
+        return None;
+    }
+    Some(RequestId(u64::from_be_bytes(id.try_into().ok()?)))
 }
 
 impl Grants {
@@ -200,7 +211,7 @@ impl NlmServer {
         p.next_ms = now.saturating_add(backoff);
         p.in_flight = !p.msg;
         let args = TestArgs {
-            cookie: cookie(id),
+            cookie: cookie(id, self.boot),
             exclusive: p.info.exclusive,
             lock: Lock {
                 caller_name: our_name,
@@ -379,7 +390,7 @@ impl NlmServer {
 
     /// GRANTED_RES from a client that was sent GRANTED_MSG.
     pub(crate) fn granted_res(&mut self, cookie: &Netobj, stat: Stat, now: u64) {
-        if let Some(id) = id_of(cookie) {
+        if let Some(id) = id_of(cookie, self.boot) {
             self.granted_answer(id, stat, now);
         }
     }

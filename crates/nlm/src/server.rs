@@ -126,6 +126,9 @@ pub struct NlmServer {
     pub(crate) engine: Engine,
     pub(crate) hosts: Hosts,
     pub(crate) grants: Grants,
+    /// Differs from one start to the next (our NSM state): part of every
+    /// GRANTED cookie.
+    pub(crate) boot: u32,
     pub(crate) grace: Grace,
     pub(crate) store: Box<dyn HostStore>,
     /// Names of hosts holding state, as last saved.
@@ -160,6 +163,7 @@ impl NlmServer {
             engine,
             hosts: Hosts::default(),
             grants: Grants::default(),
+            boot: 0,
             grace,
             store,
             saved: before,
@@ -172,6 +176,12 @@ impl NlmServer {
             ages: Default::default(),
             stats: NlmStats::default(),
         })
+    }
+
+    /// Sets what tells this start from the previous ones (our NSM state
+    /// number, which every start increases), used in GRANTED cookies.
+    pub fn set_boot(&mut self, boot: u32) {
+        self.boot = boot;
     }
 
     /// Installs the stale-handle check.

@@ -331,6 +331,13 @@ pub(crate) fn on_event(w: &mut World, h: usize, conn: u64, ev: LocalEvent) {
                 )),
             }
         }
+        LocalEvent::Refused { req, .. } => {
+            if w.hosts[h].progs[p].blocked.remove(&req).is_none() {
+                w.fail(format!(
+                    "host {h} conn {conn}: refused request {req}, which was not blocked"
+                ));
+            }
+        }
         LocalEvent::Lost {
             fh: f, offset, len, ..
         } => {

@@ -595,6 +595,7 @@ impl World {
         }
         let nlm = Arc::new(Mutex::new(server));
         lk(&nlm).client.set_nsm_state(state);
+        lk(&nlm).set_boot(state);
         let nsm = Arc::new(Mutex::new(nsm));
         let mut d = Dispatcher::new(Drc::new(4096, 4 << 20));
         d.register(Box::new(SharedNlm(nlm.clone())));
