@@ -572,10 +572,15 @@ impl ClientCore {
             });
         }
         self.reclaim_later.retain(|e| e.conn != conn);
-        // Answers to requests still in flight go nowhere.
+        // Answers to requests still in flight go nowhere, and what they
+        // take is undone: a reclaim in flight is from now on a LOCK
+        // nobody waits for.
         for f in self.in_flight.values_mut() {
             if f.conn == conn {
                 f.req = None;
+                if f.op == Op::Reclaim {
+                    f.op = Op::Lock { block: false };
+                }
             }
         }
     }
