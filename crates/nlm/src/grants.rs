@@ -148,6 +148,7 @@ impl Grants {
 impl NlmServer {
     /// Turns the engine's events into callbacks.
     pub(crate) fn deliver(&mut self, events: Vec<Event>, now: u64) {
+        let mut batch = self.take_granted(&events);
         for e in events {
             self.age_event(&e, now);
             let (id, owner, file) = match e {
@@ -175,7 +176,7 @@ impl NlmServer {
                 self.client.tell(conn, LocalEvent::Granted { req });
                 continue;
             }
-            let Some(info) = self.grants.remove_blocked(&id) else {
+            let Some(info) = batch.remove(&id) else {
                 continue;
             };
             // The owner's holdings changed: the `prior` of its other waits.
@@ -195,6 +196,39 @@ impl NlmServer {
             self.grants.pending.insert(id, p);
             self.send_grant(id, now);
         }
+    }
+
+    /// Takes the blocked requests that `events` grant out of the waiting
+    /// set, all at once, before any `prior` is refreshed from the engine:
+    /// the engine has applied the whole batch already, and a grant's undo
+    /// must give back what its owner held before it, not the grant itself
+    /// or a later one of the batch. A grant earlier in the batch is part of
+    /// what a later one of the same owner replaced.
+    fn take_granted(&mut self, events: &[Event]) -> HashMap<RequestId, BlockedInfo> {
+        let mut batch: Vec<(RequestId, BlockedInfo)> = Vec::new();
+        for e in events {
+            let Event::Granted { id, .. } = e else {
+                continue;
+            };
+            let Some(mut info) = self.grants.remove_blocked(id) else {
+                continue;
+            };
+            let r = Range::from_offset_len(info.lock.offset, info.lock.len);
+            let mine = owner_file(&info);
+            for (_, earlier) in batch.iter().filter(|(_, b)| owner_file(b) == mine) {
+                let er = Range::from_offset_len(earlier.lock.offset, earlier.lock.len);
+                if let Some(c) = clip(er, r) {
+                    let mode = if earlier.exclusive {
+                        latch_lock::Mode::Exclusive
+                    } else {
+                        latch_lock::Mode::Shared
+                    };
+                    info.prior = overlay(&info.prior, c, mode);
+                }
+            }
+            batch.push((*id, info));
+        }
+        batch.into_iter().collect()
     }
 
     fn send_grant(&mut self, id: RequestId, now: u64) {
@@ -418,6 +452,23 @@ impl NlmServer {
 /// `a` within `b`, if they meet.
 fn clip(a: Range, b: Range) -> Option<Range> {
     Range::new(a.start().max(b.start()), a.end().min(b.end()))
+}
+
+/// `pieces` with `c` taken in `mode` on top (a lock replaces what its
+/// owner held under it).
+fn overlay(
+    pieces: &[(Range, latch_lock::Mode)],
+    c: Range,
+    mode: latch_lock::Mode,
+) -> Vec<(Range, latch_lock::Mode)> {
+    let mut out: Vec<(Range, latch_lock::Mode)> = Vec::with_capacity(pieces.len() + 1);
+    for &(p, m) in pieces {
+        for g in gaps(p, &[(c, mode)]) {
+            out.push((g, m));
+        }
+    }
+    out.push((c, mode));
+    out
 }
 
 /// The parts of `r` that none of `pieces` covers.
