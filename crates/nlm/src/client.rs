@@ -385,6 +385,8 @@ impl ClientCore {
             ClientOp::Lock { wait } => Op::Lock { block: wait },
             ClientOp::Unlock => {
                 self.forget_held(conn, &lock);
+                // Not to be reclaimed any more either.
+                self.reclaim_later = cut(std::mem::take(&mut self.reclaim_later), conn, &lock);
                 Op::Unlock
             }
             ClientOp::Cancel => {
@@ -427,29 +429,7 @@ impl ClientCore {
     /// pieces as the server does on UNLOCK, so that the record mirrors the
     /// server's exactly (a reclaim must ask for no more than was held).
     fn forget_held(&mut self, conn: ConnId, lock: &RemoteLock) {
-        let (us, ue) = span(lock);
-        let mut kept = Vec::with_capacity(self.held.len());
-        for e in self.held.drain(..) {
-            let same = e.conn == conn && e.lock.server == lock.server && e.lock.fh == lock.fh;
-            let (s, en) = span(&e.lock);
-            if !same || en < us || ue < s {
-                kept.push(e);
-                continue;
-            }
-            if s < us {
-                kept.push(Entry {
-                    lock: with_span(&e.lock, s, us - 1),
-                    ..e.clone()
-                });
-            }
-            if ue < en {
-                kept.push(Entry {
-                    lock: with_span(&e.lock, ue + 1, en),
-                    ..e.clone()
-                });
-            }
-        }
-        self.held = kept;
+        self.held = cut(std::mem::take(&mut self.held), conn, lock);
     }
 
     /// Records that `conn` now holds `lock` (replacing what it held there
@@ -468,11 +448,20 @@ impl ClientCore {
     /// that may or may not have happened could have taken.
     fn not_held(&self, conn: ConnId, lock: &RemoteLock) -> Vec<RemoteLock> {
         let (mut s, e) = span(lock);
+        // Held, or being reclaimed: the owner's either way.
+        let reclaiming = self
+            .in_flight
+            .values()
+            .filter(|f| f.op == Op::Reclaim)
+            .map(|f| (f.conn, &f.lock));
         let mut mine: Vec<(u64, u64)> = self
             .held
             .iter()
-            .filter(|h| h.conn == conn && h.lock.server == lock.server && h.lock.fh == lock.fh)
-            .map(|h| span(&h.lock))
+            .chain(self.reclaim_later.iter())
+            .map(|h| (h.conn, &h.lock))
+            .chain(reclaiming)
+            .filter(|(c, l)| *c == conn && l.server == lock.server && l.fh == lock.fh)
+            .map(|(_, l)| span(l))
             .filter(|&(hs, he)| he >= s && hs <= e)
             .collect();
         mine.sort_unstable();
@@ -963,6 +952,34 @@ pub enum ClientOp {
 }
 
 /// A lock's bytes as an inclusive span.
+/// `entries` without `lock`'s range for `conn`, pieces split as the server
+/// splits them on UNLOCK.
+fn cut(entries: Vec<Entry>, conn: ConnId, lock: &RemoteLock) -> Vec<Entry> {
+    let (us, ue) = span(lock);
+    let mut kept = Vec::with_capacity(entries.len());
+    for e in entries {
+        let same = e.conn == conn && e.lock.server == lock.server && e.lock.fh == lock.fh;
+        let (s, en) = span(&e.lock);
+        if !same || en < us || ue < s {
+            kept.push(e);
+            continue;
+        }
+        if s < us {
+            kept.push(Entry {
+                lock: with_span(&e.lock, s, us - 1),
+                ..e.clone()
+            });
+        }
+        if ue < en {
+            kept.push(Entry {
+                lock: with_span(&e.lock, ue + 1, en),
+                ..e.clone()
+            });
+        }
+    }
+    kept
+}
+
 fn span(l: &RemoteLock) -> (u64, u64) {
     let end = if l.len == 0 {
         u64::MAX
