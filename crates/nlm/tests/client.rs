@@ -196,6 +196,30 @@ impl Net {
         panic!("actions never settle");
     }
 
+    /// The status monitor of `host` hears that `name` rebooted.
+    fn sm_notify(&mut self, host: usize, name: &str, state: u32) {
+        let st = SmStatus {
+            mon_name: Name::from_text(name).unwrap(),
+            state,
+            priv_: Default::default(),
+        };
+        let peer: SocketAddr = "127.0.0.1:700".parse().unwrap();
+        let bytes = encode_call(
+            Xid(99),
+            PROGRAM,
+            3,
+            SM_NOTIFY,
+            &Credential::None,
+            &encode(&st, 3),
+        );
+        let now = self.now();
+        self.hosts[host]
+            .d
+            .handle(peer, None, Transport::Udp, &bytes, now, 0)
+            .unwrap();
+        self.settle();
+    }
+
     fn advance(&mut self, ms: u64) {
         self.now += Duration::from_millis(ms);
         let now = self.now();
@@ -349,26 +373,7 @@ fn after_the_server_reboots_the_client_reclaims_in_grace() {
         "nobody else meanwhile"
     );
     // Its SM_NOTIFY reaches the client's status monitor, which calls back.
-    let st = SmStatus {
-        mon_name: Name::from_text("10.0.0.1").unwrap(),
-        state: 3,
-        priv_: Default::default(),
-    };
-    let peer: SocketAddr = "127.0.0.1:700".parse().unwrap();
-    let bytes = encode_call(
-        Xid(99),
-        PROGRAM,
-        3,
-        SM_NOTIFY,
-        &Credential::None,
-        &encode(&st, 3),
-    );
-    let now = n.now();
-    n.hosts[1]
-        .d
-        .handle(peer, None, Transport::Udp, &bytes, now, 0)
-        .unwrap();
-    n.settle();
+    n.sm_notify(1, "10.0.0.1", 3);
     assert!(n.events(1).is_empty(), "reclaimed silently");
     n.advance(2_100);
     assert!(
@@ -502,4 +507,99 @@ fn a_server_speaking_only_older_versions_is_used_in_its_version() {
             ..
         }]
     ));
+}
+
+/// While a connection waits for a range, its own LOCK or UNLOCK there
+/// would race the grant at the server (POSIX results depend on the order),
+/// so the client core refuses them as `Busy` without sending anything.
+/// Elsewhere, TEST, other connections, and CANCEL are unaffected.
+#[test]
+fn a_request_overlapping_the_same_connections_wait_is_busy() {
+    let mut n = Net::new(3);
+    n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 10, true);
+    n.remote(2, 2, 1, ClientOp::Lock { wait: true }, 0, 0, 10, true);
+    assert_eq!(n.events(2), vec![(2, reply(1, Outcome::Blocked))]);
+    n.remote(2, 2, 2, ClientOp::Unlock, 0, 5, 1, true);
+    n.remote(2, 2, 3, ClientOp::Lock { wait: false }, 0, 8, 4, false);
+    n.remote(2, 2, 4, ClientOp::Lock { wait: false }, 0, 20, 5, true);
+    n.remote(2, 2, 5, ClientOp::Test, 0, 0, 10, true);
+    n.remote(2, 3, 1, ClientOp::Lock { wait: false }, 0, 0, 10, true);
+    let ev = n.events(2);
+    assert_eq!(ev[0], (2, reply(2, Outcome::Busy)));
+    assert_eq!(ev[1], (2, reply(3, Outcome::Busy)));
+    assert_eq!(ev[2], (2, reply(4, Outcome::Granted)));
+    assert!(matches!(
+        &ev[3],
+        (
+            2,
+            LocalEvent::Reply {
+                req: 5,
+                outcome: Outcome::Denied(Some(_))
+            }
+        )
+    ));
+    assert!(matches!(
+        &ev[4],
+        (
+            3,
+            LocalEvent::Reply {
+                req: 1,
+                outcome: Outcome::Denied(_)
+            }
+        )
+    ));
+    assert_eq!(ev.len(), 5);
+    // Once the wait is cancelled, the range is the connection's to use.
+    n.remote(2, 2, 6, ClientOp::Cancel, 0, 0, 10, true);
+    n.remote(1, 1, 2, ClientOp::Unlock, 0, 0, 10, true);
+    n.remote(2, 2, 7, ClientOp::Lock { wait: false }, 0, 8, 4, false);
+    assert_eq!(
+        n.events(2),
+        vec![
+            (2, reply(6, Outcome::Granted)),
+            (2, reply(7, Outcome::Granted))
+        ]
+    );
+}
+
+/// A blocked request asked again after the server restarted, which the
+/// server now refuses, ends with a `Refused` event instead of waiting
+/// forever; through the grace period it just keeps waiting.
+#[test]
+fn a_wait_refused_when_asked_again_after_a_restart_ends_with_refused() {
+    let mut n = Net::new(3);
+    let store = MemHostStore::default();
+    n.hosts[0] = Host::new("10.0.0.1", store.clone(), n.t0);
+    // Host 1 conn 1 holds byte 0 and waits for byte 10, which host 2 holds.
+    n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 1, true);
+    n.remote(2, 2, 1, ClientOp::Lock { wait: false }, 0, 10, 1, true);
+    n.remote(1, 1, 2, ClientOp::Lock { wait: true }, 0, 10, 1, true);
+    n.events(1);
+    n.events(2);
+    // The server restarts and tells both clients, which reclaim; the wait
+    // is asked again, answered "grace", and goes on silently.
+    n.hosts[0] = Host::new("10.0.0.1", store, n.t0);
+    for h in [1, 2] {
+        n.sm_notify(h, "10.0.0.1", 3);
+    }
+    n.advance(100);
+    assert!(n.events(1).is_empty(), "still waiting through grace");
+    n.advance(2_100);
+    assert!(!n.hosts[0].nlm.lock().unwrap().in_grace());
+    // Host 2 now waits for byte 0: no cycle, as host 1 waits nowhere yet.
+    n.remote(2, 2, 2, ClientOp::Lock { wait: true }, 0, 0, 1, true);
+    assert_eq!(n.events(2), vec![(2, reply(2, Outcome::Blocked))]);
+    // Host 1's wait, asked again, would close the cycle: refused, and the
+    // program is told its wait is over.
+    n.advance(5_100);
+    assert_eq!(
+        n.events(1),
+        vec![(
+            1,
+            LocalEvent::Refused {
+                req: 2,
+                outcome: Outcome::Deadlock
+            }
+        )]
+    );
 }
