@@ -23,7 +23,7 @@
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -94,6 +94,9 @@ pub enum Event {
     LeaseRevoked {
         file: Vec<u8>,
     },
+    /// latchd closed the connection (it stopped or crashed): nothing this
+    /// client held is held any more.
+    Disconnected,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +131,8 @@ struct Inner {
     grants: Pending,
     events: broadcast::Sender<Event>,
     next_id: AtomicU64,
+    /// The connection's reader has ended: no reply will come.
+    closed: AtomicBool,
 }
 
 /// A connection to latchd. Cheap to clone; all clones are one lock owner.
@@ -169,6 +174,7 @@ impl Client {
             grants: Mutex::default(),
             events,
             next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
         });
         tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
@@ -187,13 +193,21 @@ impl Client {
                 };
                 inner.dispatch(v);
             }
-            // Dropping the senders wakes every waiter with `Closed`.
+            // Dropping the senders wakes every waiter with `Closed`; a
+            // request registered after this sees `closed` (`send`).
             if let Some(inner) = reader.upgrade() {
+                inner.closed.store(true, Ordering::SeqCst);
                 lock_map(&inner.replies).clear();
                 lock_map(&inner.grants).clear();
+                let _ = inner.events.send(Event::Disconnected);
             }
         });
         Ok(Client { inner })
+    }
+
+    /// Whether latchd has closed this connection.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
     }
 
     /// Events about locks and leases this connection holds.
@@ -221,6 +235,11 @@ impl Client {
             .send(format!("{req}\n"))
             .await
             .map_err(|_| Error::Closed)?;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            lock_map(&self.inner.replies).remove(&id);
+            lock_map(&self.inner.grants).remove(&id);
+            return Err(Error::Closed);
+        }
         let reply = rx.await.map_err(|_| Error::Closed)?;
         Ok((reply, granted))
     }

@@ -1,6 +1,7 @@
 //! `latch lock`, `latch test`: the network flock(1).
 
-use latch::client::{Client, Error, LockSpec, Wait};
+use latch::client::{Client, Error, Event, LockSpec, Wait};
+use tokio::sync::broadcast::error::RecvError;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,9 @@ pub mod exit {
     pub const DEADLOCK: u8 = 3;
     /// Waited as long as asked.
     pub const TIMEOUT: u8 = 4;
+    /// The lock was lost while CMD ran (latchd went away, or the server
+    /// restarted and the lock could not be reclaimed); CMD was stopped.
+    pub const LOST: u8 = 5;
     /// latchd is not running (no local socket).
     pub const NOT_RUNNING: u8 = 10;
     /// Not allowed to use latchd's socket.
@@ -171,11 +175,35 @@ pub async fn lock(a: LockArgs) -> u8 {
     let Some((prog, args)) = a.cmd.split_first() else {
         // No command: hold until interrupted.
         eprintln!("latch: locked; interrupt to release");
-        let _ = tokio::signal::ctrl_c().await;
+        let mut events = client.events();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            why = lock_lost(&client, &mut events) => {
+                eprintln!("latch: the lock was lost ({why})");
+                return exit::LOST;
+            }
+        }
         let _ = guard.unlock().await;
         return 0;
     };
-    let status = tokio::process::Command::new(prog).args(args).status().await;
+    let mut events = client.events();
+    let mut child = match tokio::process::Command::new(prog).args(args).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = guard.unlock().await;
+            eprintln!("latch: cannot run {prog}: {e}");
+            return exit::CANNOT_RUN;
+        }
+    };
+    let status = tokio::select! {
+        s = child.wait() => s,
+        why = lock_lost(&client, &mut events) => {
+            // CMD runs on the lock's guarantee: without it, it must stop.
+            eprintln!("latch: the lock was lost ({why}); stopping {prog}");
+            stop(&mut child).await;
+            return exit::LOST;
+        }
+    };
     let _ = guard.unlock().await;
     match status {
         Ok(s) => match s.code() {
@@ -190,6 +218,43 @@ pub async fn lock(a: LockArgs) -> u8 {
             eprintln!("latch: cannot run {prog}: {e}");
             exit::CANNOT_RUN
         }
+    }
+}
+
+/// Returns once the lock this connection holds is gone: latchd closed the
+/// connection, or said the lock could not be reclaimed after a server
+/// restart.
+async fn lock_lost(client: &Client, events: &mut tokio::sync::broadcast::Receiver<Event>) -> String {
+    loop {
+        if client.is_closed() {
+            return "latchd closed the connection".into();
+        }
+        match events.recv().await {
+            Ok(Event::Lost { server, .. }) => {
+                return format!("{server} restarted and did not give it back")
+            }
+            Ok(Event::Disconnected) | Err(RecvError::Closed) => {
+                return "latchd closed the connection".into()
+            }
+            // Missed events are re-checked through `is_closed`; a missed
+            // `lost` cannot be: only this lock's events come here, and
+            // there are at most two.
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+        }
+    }
+}
+
+/// SIGTERM to CMD, and SIGKILL if it is still there 5 seconds later.
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: signalling our own child, which has not been reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 
