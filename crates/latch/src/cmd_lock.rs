@@ -1,9 +1,9 @@
 //! `latch lock`, `latch test`: the network flock(1).
 
 use latch::client::{Client, Error, Event, LockSpec, Wait};
-use tokio::sync::broadcast::error::RecvError;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
 
 /// Exit codes a script can act on (CMD's own code otherwise). They share
 /// the numbering of the admin commands and `latch probe` (README).
@@ -224,7 +224,10 @@ pub async fn lock(a: LockArgs) -> u8 {
 /// Returns once the lock this connection holds is gone: latchd closed the
 /// connection, or said the lock could not be reclaimed after a server
 /// restart.
-async fn lock_lost(client: &Client, events: &mut tokio::sync::broadcast::Receiver<Event>) -> String {
+async fn lock_lost(
+    client: &Client,
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+) -> String {
     loop {
         if client.is_closed() {
             return "latchd closed the connection".into();
