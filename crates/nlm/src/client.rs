@@ -392,6 +392,17 @@ impl ClientCore {
             ClientOp::Cancel => {
                 self.waiting
                     .retain(|_, e| !(e.conn == conn && same_range(&e.lock, &lock)));
+                // A resend of the wait still in flight may come back
+                // `blocked` or `granted` after this: it is undone then,
+                // not taken for a new wait.
+                for f in self.in_flight.values_mut() {
+                    if f.conn == conn
+                        && f.op == (Op::Lock { block: true })
+                        && same_range(&f.lock, &lock)
+                    {
+                        f.req = None;
+                    }
+                }
                 Op::Cancel
             }
         };
@@ -622,12 +633,21 @@ impl ClientCore {
         match (f.op, stat) {
             // The connection went while this was in flight: undo it.
             (Op::Lock { .. }, Stat::Granted | Stat::Blocked) if f.req.is_none() => {
-                let op = if stat == Stat::Granted {
-                    Op::Unlock
-                } else {
-                    Op::Cancel
-                };
-                self.send(InFlight { op, ..f });
+                if stat == Stat::Blocked {
+                    return self.send(InFlight {
+                        op: Op::Cancel,
+                        ..f
+                    });
+                }
+                // Only what the owner does not hold besides (all of it,
+                // once its connection is gone).
+                for l in self.not_held(f.conn, &f.lock) {
+                    self.send(InFlight {
+                        op: Op::Unlock,
+                        lock: l,
+                        ..f.clone()
+                    });
+                }
             }
             (Op::Lock { .. } | Op::Reclaim, Stat::Granted) => self.grant_now(f, now_ms),
             // Its GRANTED came first: it holds the lock already.

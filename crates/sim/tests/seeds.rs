@@ -183,6 +183,16 @@ fn regression_failed_lock_undo_cut_a_reclaim() {
     check_without(0x4db, &["loss", "partitions", "client_crash"]);
 }
 
+/// Delay only: a program cancelled its wait while a resend of it was in
+/// flight; the resend's `blocked` answer came back after the cancel and
+/// was taken for a new wait, whose GRANTED the program then believed.
+/// Fixed: a cancel detaches the wait's resends in flight, which are undone
+/// when answered.
+#[test]
+fn regression_resent_wait_answered_after_its_cancel() {
+    check_without(0x51bc, &only(&["delay"]));
+}
+
 /// Open: the server keeps a shared lock nobody believes held (needs every
 /// fault kind but server crashes).
 #[test]
