@@ -26,6 +26,7 @@ use latch_nlm::proto::PROGRAM;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -275,6 +276,40 @@ struct Faults {
     delay_pct: u64,
     max_delay_ms: u64,
     dup_pct: u64,
+    /// Every frame the hub sends, as it leaves (not knowing which the
+    /// receiver's nftables then drops), for a post-mortem with tshark.
+    pcap: Option<PathBuf>,
+}
+
+/// A pcap file (microseconds, Ethernet) of what the hub sends.
+struct Pcap(std::io::BufWriter<File>);
+
+impl Pcap {
+    fn create(path: &Path) -> Pcap {
+        let mut w = std::io::BufWriter::new(File::create(path).unwrap());
+        for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
+            // magic; version 2.4 (major, minor: u16 each, little-endian); zone;
+            // sigfigs; snaplen; link type Ethernet
+            w.write_all(&v.to_le_bytes()).unwrap();
+        }
+        Pcap(w)
+    }
+
+    fn frame(&mut self, frame: &[u8]) {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let len = u32::try_from(frame.len()).unwrap();
+        for v in [
+            u32::try_from(t.as_secs()).unwrap(),
+            t.subsec_micros(),
+            len,
+            len,
+        ] {
+            self.0.write_all(&v.to_le_bytes()).unwrap();
+        }
+        self.0.write_all(frame).unwrap();
+    }
 }
 
 impl Relay {
@@ -362,6 +397,7 @@ impl Relay {
         }
         // The sender: frames in the order they fall due.
         let (socks2, stop2, stats2) = (socks.clone(), stop.clone(), stats.clone());
+        let mut pcap = faults.pcap.as_deref().map(Pcap::create);
         threads.push(std::thread::spawn(move || {
             let (lock, cv) = &*queue;
             let mut sent_max: Option<u64> = None;
@@ -383,6 +419,9 @@ impl Relay {
                     stats2.reordered.fetch_add(1, Ordering::Relaxed);
                 }
                 sent_max = sent_max.max(Some(p.seq));
+                if let Some(pcap) = pcap.as_mut() {
+                    pcap.frame(&p.frame);
+                }
                 let dst: [u8; 6] = p.frame[0..6].try_into().unwrap();
                 let to = macs.lock().unwrap().get(&dst).copied();
                 for (i, s) in socks2.iter().enumerate() {
@@ -916,6 +955,15 @@ fn chaos_on_real_processes() {
     );
     let loss = env_u64("LATCH_CHAOS_LOSS", 10);
     println!("chaos: LATCH_CHAOS_SEED={seed} LATCH_CHAOS_ROUNDS={rounds} LATCH_CHAOS_LOSS={loss}");
+    // The sections log is in CLOCK_MONOTONIC, latchd's logs and the pcap in
+    // real time: the two clocks side by side.
+    println!(
+        "chaos: CLOCK_MONOTONIC {} ns = {:?} since the epoch",
+        mono_ns(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    );
     let mut rng = Rng(seed);
     let tmp = tempdir();
     let dir = tmp.path().to_path_buf();
@@ -958,6 +1006,7 @@ fn chaos_on_real_processes() {
             delay_pct: 20,
             max_delay_ms: 30,
             dup_pct: 5,
+            pcap: Some(dir.join("hub.pcap")),
         },
     );
     World::start(&dir, &mut world.server);
@@ -1131,7 +1180,10 @@ fn chaos_on_real_processes() {
         panic!(
             "chaos (seed {seed}) failed: {verdict:?}; hosts that could not lock at the end: {stuck:?}; \
              latch runs that never ended: {hung}; \
-             logs (latchd per start, workers' stderr, sections.log) in {}",
+             logs (latchd per start, workers' stderr, sections.log, hub.pcap: \
+             tshark -r hub.pcap -d udp.port==4045,rpc -d tcp.port==4045,rpc) in {}; \
+             an overlap after a client host crash may be the open bug of \
+             `no_granted_is_retried_after_the_client_rebooted`",
             kept.display()
         );
     }
@@ -1179,6 +1231,7 @@ fn a_latch_lock_whose_latchd_dies_keeps_running_cmd() {
             delay_pct: 0,
             max_delay_ms: 0,
             dup_pct: 0,
+            pcap: None,
         },
     );
     World::start(&dir, &mut server);
@@ -1313,4 +1366,137 @@ fn a_latch_lock_whose_latchd_dies_hangs_after_cmd() {
         "latch lock was still running 9 s after its CMD ended (its latchd died under it)"
     );
     assert_eq!(st.and_then(|s| s.code()), Some(LOST), "the lock was lost");
+}
+
+/// Reproduction of a bug the chaos found (seed 683780171, 15 rounds, 25%
+/// loss): the server keeps retrying a GRANTED callback after the client it
+/// is for has rebooted (SM_NOTIFY) and the server has freed that client's
+/// locks and granted the lock to someone else. In the chaos a client host
+/// crashed just after the server's GRANTED for its owner svid 2, whose
+/// answer was lost; after the restart, the server's retry reached the new
+/// latchd, whose own (new) owner svid 2 was waiting for the same lock and
+/// took the stale GRANTED as its grant: two holders. Here the client's
+/// lock manager is a socket that never answers, and the reboot a plain
+/// SM_NOTIFY.
+#[test]
+#[ignore = "open: GRANTED retried after the client's reboot notice freed its locks"]
+fn no_granted_is_retried_after_the_client_rebooted() {
+    use latch_nlm::proto::*;
+    const S_IP: &str = "10.211.0.1";
+    const C_IP: &str = "10.211.0.2";
+    let tmp = tempdir();
+    let dir = tmp.path().to_path_buf();
+    let mut server = Host {
+        tag: "server".into(),
+        ns: Netns::new(),
+        ip: S_IP.into(),
+        daemon: None,
+        starts: 0,
+    };
+    let client = Netns::new();
+    link(&server.ns, &client, S_IP, C_IP);
+    World::start(&dir, &mut server);
+    // The client host's port mapper, and its "lock manager": a socket that
+    // records every call and answers none.
+    let rpcbind = client.spawn_private_run(&["rpcbind", "-f", "-w"], &dir.join("rpcbind.log"));
+    assert!(wait_listed(&client, &rpcbind, "100000").1, "rpcbind");
+    let lockd = client.enter(|| UdpSocket::bind(format!("{C_IP}:0")).unwrap());
+    rpcb_set(&client, PROGRAM, 4, lockd.local_addr().unwrap().port());
+    let (tx, calls) = std::sync::mpsc::channel();
+    lockd
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while !stop2.load(Ordering::Relaxed) {
+            if let Ok((n, _)) = lockd.recv_from(&mut buf) {
+                if let Ok(c) = latch_oncrpc::msg::parse_call(&buf[..n]) {
+                    let _ = tx.send((Instant::now(), c.proc_));
+                }
+            }
+        }
+    });
+    let granted_after = |t: Instant, secs: u64| -> Option<Instant> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match calls.recv_timeout(left) {
+                Ok((at, GRANTED)) if at > t => return Some(at),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    let s = client.enter(|| UdpSocket::bind(format!("{C_IP}:0")).unwrap());
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let to: std::net::SocketAddr = format!("{S_IP}:4045").parse().unwrap();
+    let mut xid = 0x7000;
+    let mut call = |proc_: u32, args: Vec<u8>| {
+        xid += 1;
+        let r = udp_call_retry(&s, to, &call_bytes(xid, PROGRAM, 4, proc_, &args));
+        decode::<Res>(results(&r), 4).unwrap().stat
+    };
+    let lock = |host: &str, svid: u32| Lock {
+        caller_name: Name::from_text(host).unwrap(),
+        fh: Netobj::from_slice(b"g").unwrap(),
+        oh: Netobj::from_slice(format!("{host}-{svid}").as_bytes()).unwrap(),
+        svid,
+        offset: 0,
+        len: 0,
+    };
+    let args = |l: Lock, block: bool| LockArgs {
+        cookie: Netobj::from_slice(b"k").unwrap(),
+        block,
+        exclusive: true,
+        lock: l,
+        reclaim: false,
+        state: 3,
+    };
+    assert_eq!(
+        call(LOCK, encode(&args(lock("other", 1), false), 4)),
+        Stat::Granted
+    );
+    assert_eq!(
+        call(LOCK, encode(&args(lock(C_IP, 2), true), 4)),
+        Stat::Blocked
+    );
+    let unlock = UnlockArgs {
+        cookie: Netobj::from_slice(b"u").unwrap(),
+        lock: lock("other", 1),
+    };
+    let t = Instant::now();
+    assert_eq!(call(UNLOCK, encode(&unlock, 4)), Stat::Granted);
+    assert!(granted_after(t, 10).is_some(), "no GRANTED at all");
+    // The client reboots (state 3 -> 5) and says so.
+    let sm = reserved_udp(&client, C_IP);
+    let notify = latch_xdr::to_bytes(&latch_nsm::proto::StatChge {
+        mon_name: latch_xdr::XdrString::from_text(C_IP).unwrap(),
+        state: 5,
+    });
+    udp_call_retry(
+        &sm,
+        to,
+        &call_bytes(0x5000, latch_nsm::proto::PROGRAM, 1, 6, &notify),
+    );
+    // Its locks are freed: "other" gets the lock again...
+    let t0 = Instant::now();
+    while call(LOCK, encode(&args(lock("other", 3), false), 4)) != Stat::Granted {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the rebooted client's lock was never freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let freed = Instant::now();
+    // ...and nobody may tell the client's new lock manager it holds it.
+    let late = granted_after(freed, 8);
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        late.is_none(),
+        "GRANTED sent {:?} after the rebooted client's locks were freed and granted to another",
+        late.map(|l| l - freed)
+    );
 }
