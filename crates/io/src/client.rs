@@ -138,6 +138,23 @@ impl RpcClient {
         proc_: u32,
         args: &[u8],
     ) -> Result<Vec<u8>, CallError> {
+        self.call_with(self.policy, dest, prog, vers, proc_, args)
+            .await
+    }
+
+    /// [`call`](Self::call) with its own retransmission policy. A policy
+    /// whose first timeout is its deadline sends one datagram: for callers
+    /// that retry by themselves and must be able to stop (a GRANTED that
+    /// the server withdrew must not go on being resent).
+    pub async fn call_with(
+        &self,
+        policy: RetryPolicy,
+        dest: Option<SocketAddr>,
+        prog: u32,
+        vers: u32,
+        proc_: u32,
+        args: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
         let (tx, mut rx) = oneshot::channel();
         let dest = dest.or(self.peer);
         let xid = lock(&self.table)
@@ -155,12 +172,12 @@ impl RpcClient {
                 let mut attempt = 0;
                 loop {
                     s.send_to(&bytes, dest).await?;
-                    let left = self.policy.deadline.saturating_sub(start.elapsed());
-                    let wait = self.policy.timeout_for(attempt).min(left);
+                    let left = policy.deadline.saturating_sub(start.elapsed());
+                    let wait = policy.timeout_for(attempt).min(left);
                     match tokio::time::timeout(wait, &mut rx).await {
                         Ok(Ok(r)) => break r,
                         Ok(Err(_)) => return Err(CallError::Closed),
-                        Err(_) if start.elapsed() >= self.policy.deadline => {
+                        Err(_) if start.elapsed() >= policy.deadline => {
                             return Err(CallError::Timeout)
                         }
                         Err(_) => attempt += 1,
@@ -169,7 +186,7 @@ impl RpcClient {
             }
             Link::Tcp(w) => {
                 w.lock().await.write_all(&record::frame(&bytes)).await?;
-                match tokio::time::timeout(self.policy.deadline, rx).await {
+                match tokio::time::timeout(policy.deadline, rx).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(_)) => return Err(CallError::Closed),
                     Err(_) => return Err(CallError::Timeout),

@@ -9,6 +9,7 @@ use latch_nlm::client::{CallFailure, ClientAction};
 use latch_nlm::proto::{self, Res};
 use latch_nlm::{Action, NlmServer};
 use latch_nsm::proto as sm;
+use latch_oncrpc::client::RetryPolicy;
 use latch_oncrpc::{CallContext, Outcome, Program, RpcError};
 use latch_xdr::{FixedOpaque, Writer, XdrString};
 use std::collections::HashMap;
@@ -18,6 +19,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
 pub type Core = Arc<Mutex<NlmServer>>;
+
+/// One datagram per GRANTED, answered within 2 s or counted unanswered;
+/// the core decides whether and when to send it again.
+const GRANTED_ONCE: RetryPolicy = RetryPolicy {
+    first_timeout: Duration::from_secs(2),
+    max_timeout: Duration::from_secs(2),
+    deadline: Duration::from_secs(2),
+};
 
 pub fn lock(core: &Core) -> std::sync::MutexGuard<'_, NlmServer> {
     core.lock().unwrap_or_else(PoisonError::into_inner)
@@ -145,7 +154,14 @@ impl Driver {
                 args,
                 grant,
             } => {
-                let r = self.call_client(to, vers, proc_, &args).await;
+                // The core resends a GRANTED itself, with backoff, for as
+                // long as the grant stands; a copy resent here after the
+                // core withdrew it (the client rebooted, its locks went to
+                // someone else) could reach the client's next incarnation.
+                let once = matches!(proc_, proto::GRANTED | proto::GRANTED_MSG);
+                let r = self
+                    .call_client_with(to, vers, proc_, &args, once.then_some(GRANTED_ONCE))
+                    .await;
                 if let Some(id) = grant {
                     let stat = r
                         .ok()
@@ -256,13 +272,27 @@ impl Driver {
         proc_: u32,
         args: &[u8],
     ) -> Result<Vec<u8>, CallError> {
+        self.call_client_with(ip, vers, proc_, args, None).await
+    }
+
+    /// [`call_client`](Self::call_client), with `policy` instead of the
+    /// outgoing socket's own retransmissions if given.
+    async fn call_client_with(
+        &self,
+        ip: IpAddr,
+        vers: u32,
+        proc_: u32,
+        args: &[u8],
+        policy: Option<RetryPolicy>,
+    ) -> Result<Vec<u8>, CallError> {
         let port = self.port_of(ip, vers).await?;
         let c = self
             .out
             .for_ip(ip)
             .ok_or(CallError::Rpc(RpcError::ProgUnavail))?;
         let r = c
-            .call(
+            .call_with(
+                policy.unwrap_or(c.policy),
                 Some(SocketAddr::new(ip, port)),
                 proto::PROGRAM,
                 vers,

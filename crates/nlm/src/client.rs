@@ -169,6 +169,8 @@ pub struct ClientCore {
     cfg: ClientConfig,
     /// Our NSM state number, sent in every LOCK.
     nsm_state: u32,
+    /// Differs from one start of this host's lock manager to the next.
+    boot: u32,
     next_token: u64,
     in_flight: BTreeMap<u64, InFlight>,
     waiting: BTreeMap<(ConnId, ReqId), Entry>,
@@ -227,10 +229,14 @@ impl Remembered {
     }
 }
 
-fn owner(cfg: &ClientConfig, conn: ConnId) -> (u32, Vec<u8>) {
+/// The NLM owner of local connection `conn`: svid and owner handle
+/// `<our name>#<boot, hex>-<conn>`. Connection numbers start over when
+/// latchd restarts; the boot number keeps the owners of two incarnations
+/// apart, so a GRANTED meant for the last one (sent before the server
+/// learnt of the restart) matches no wait of this one.
+fn owner(cfg: &ClientConfig, boot: u32, conn: ConnId) -> (u32, Vec<u8>) {
     let mut oh = cfg.our_name.clone();
-    oh.push(b'#');
-    oh.extend_from_slice(conn.to_string().as_bytes());
+    oh.extend_from_slice(format!("#{boot:x}-{conn}").as_bytes());
     (conn as u32, oh)
 }
 
@@ -256,6 +262,12 @@ impl ClientCore {
         self.nsm_state = state;
     }
 
+    /// A number that differs from one start to the next (part of every
+    /// owner handle).
+    pub fn set_boot(&mut self, boot: u32) {
+        self.boot = boot;
+    }
+
     pub fn take_actions(&mut self) -> Vec<ClientAction> {
         std::mem::take(&mut self.actions)
     }
@@ -278,7 +290,7 @@ impl ClientCore {
     }
 
     fn nlm_lock(&self, conn: ConnId, l: &RemoteLock) -> Lock {
-        let (svid, oh) = owner(&self.cfg, conn);
+        let (svid, oh) = owner(&self.cfg, self.boot, conn);
         Lock {
             caller_name: Name::new(self.cfg.our_name.clone()).unwrap_or_default(),
             fh: Netobj::new(l.fh.clone()).unwrap_or_default(),
@@ -842,9 +854,9 @@ impl ClientCore {
         if self.accepted.contains(&cookie) {
             return Stat::Granted;
         }
-        let cfg = &self.cfg;
+        let (cfg, boot) = (&self.cfg, self.boot);
         let is = |conn: ConnId, l: &RemoteLock| {
-            let (svid, oh) = owner(cfg, conn);
+            let (svid, oh) = owner(cfg, boot, conn);
             l.server == from
                 && l.fh == a.lock.fh.as_bytes()
                 && oh == a.lock.oh.as_bytes()

@@ -182,6 +182,7 @@ impl NlmServer {
     /// number, which every start increases), used in GRANTED cookies.
     pub fn set_boot(&mut self, boot: u32) {
         self.boot = boot;
+        self.client.set_boot(boot);
     }
 
     /// Installs the stale-handle check.

@@ -25,10 +25,10 @@ use latch_lock::{FileKey, Holder, Mode, Owner};
 use std::collections::BTreeMap;
 
 /// The connection number inside a client core's owner handle
-/// (`<host name>#<conn>`).
+/// (`<host name>#<boot>-<conn>`).
 pub fn owner_conn(o: &Owner) -> Option<u64> {
     let s = std::str::from_utf8(&o.handle).ok()?;
-    s.rsplit_once('#')?.1.parse().ok()
+    s.rsplit_once('#')?.1.rsplit_once('-')?.1.parse().ok()
 }
 
 fn file_idx(f: &FileKey) -> Option<usize> {
