@@ -347,6 +347,7 @@ pub fn stats(parts: &Parts) -> Value {
                 "callbacks_abandoned": st.callbacks_abandoned,
                 "reboots_detected": st.reboots_detected,
                 "actions_dropped": st.actions_dropped,
+                "store_errors": st.store_errors,
             }),
         );
         root.insert(

@@ -333,6 +333,7 @@ fn start_nlm(cfg: &Config) -> Result<nlm_service::Core> {
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let store = latch_nlm::FileHostStore {
         path: cfg.state_dir.join("nlm-hosts"),
+        fs: latch_nsm::RealFs,
     };
     let server = latch_nlm::NlmServer::new(ncfg, Box::new(store), std::time::Instant::now())
         .with_context(|| format!("reading {}", cfg.state_dir.join("nlm-hosts").display()))?;

@@ -309,6 +309,13 @@ pub fn render(parts: &Parts) -> String {
     );
     o.one(
         &st,
+        ("nlm", "store_errors"),
+        "latch_nlm_store_errors_total",
+        c,
+        "Requests refused because the list of hosts holding locks could not be saved.",
+    );
+    o.one(
+        &st,
         ("nsm", "state"),
         "latch_nsm_state",
         g,

@@ -5,6 +5,7 @@
 //! that the grace period after a restart knows whom to wait for.
 
 use latch_lock::HostId;
+use latch_nsm::fs::{Fs, RealFs};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -124,14 +125,16 @@ pub trait HostStore: Send {
 
 /// One escaped name per line, written atomically.
 #[derive(Debug)]
-pub struct FileHostStore {
+pub struct FileHostStore<F: Fs = RealFs> {
     pub path: PathBuf,
+    /// The filesystem: the real one, or a simulated disk.
+    pub fs: F,
 }
 
-impl HostStore for FileHostStore {
+impl<F: Fs> HostStore for FileHostStore<F> {
     fn load(&mut self) -> std::io::Result<BTreeSet<Vec<u8>>> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => Ok(text
+        match self.fs.read(&self.path) {
+            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
                 .lines()
                 .filter_map(latch_nsm::name::unescape)
                 .filter(|n| !n.is_empty())
@@ -147,7 +150,7 @@ impl HostStore for FileHostStore {
             text.push_str(&latch_nsm::name::escape(n));
             text.push('\n');
         }
-        latch_nsm::store::write_atomic(&self.path, text.as_bytes())
+        latch_nsm::store::write_atomic_in(&mut self.fs, &self.path, text.as_bytes())
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
 }
@@ -204,6 +207,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = FileHostStore {
             path: dir.join("hosts"),
+            fs: RealFs,
         };
         assert!(s.load().unwrap().is_empty());
         let names: BTreeSet<Vec<u8>> = [b"a\nb".to_vec(), b"../x".to_vec(), vec![0, 255]].into();

@@ -149,6 +149,9 @@ impl NlmServer {
             self.check_reboot(host, a.state, now);
         }
         self.grace.note_request(&a.lock.caller_name, a.reclaim, now);
+        if !self.name_is_durable(host) {
+            return Stat::DeniedNolocks;
+        }
         let owner = Owner::new(host, a.lock.svid, a.lock.oh.as_bytes());
         let file = FileKey::new(a.lock.fh.as_bytes());
         let id = RequestId(self.next_request);
@@ -212,6 +215,32 @@ impl NlmServer {
             self.stats.reboots_detected += 1;
             self.release_host(host, now);
         }
+    }
+
+    /// Makes sure `host`'s name is in the durable list of hosts holding
+    /// state before it may get any: after a restart, grace waits for every
+    /// name on it. A name that cannot be saved gets nothing (the request
+    /// is refused with `denied_nolocks` and changes nothing). The list is
+    /// trimmed to the hosts that hold state first when it has grown to
+    /// the host limit, so refused requests cannot make it grow without end.
+    fn name_is_durable(&mut self, host: HostId) -> bool {
+        let Some(key) = self.hosts.get(host).map(|h| name_key(&h.name)) else {
+            return false;
+        };
+        if self.saved.contains(&key) {
+            return true;
+        }
+        if self.saved.len() >= self.cfg.max_hosts {
+            self.persist_hosts();
+        }
+        let mut names = self.saved.clone();
+        names.insert(key);
+        if self.store.save(&names).is_err() {
+            self.stats.store_errors += 1;
+            return false;
+        }
+        self.saved = names;
+        true
     }
 
     /// The host now holds state: ask the monitor to watch it (once per
@@ -333,6 +362,9 @@ impl NlmServer {
     ) -> Stat {
         let s = &a.share;
         self.grace.note_request(&s.caller_name, a.reclaim, now);
+        if !self.name_is_durable(host) {
+            return Stat::DeniedNolocks;
+        }
         // Shares have no svid: the owner is the host and the owner handle.
         let owner = Owner::new(host, 0, s.oh.as_bytes());
         let file = FileKey::new(s.fh.as_bytes());

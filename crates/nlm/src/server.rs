@@ -116,6 +116,8 @@ pub struct NlmStats {
     pub callbacks_abandoned: u64,
     pub reboots_detected: u64,
     pub actions_dropped: u64,
+    /// Host-list saves that failed (the request was refused).
+    pub store_errors: u64,
 }
 
 /// Rejects a file handle as stale (v4 answers `stale_fh`).

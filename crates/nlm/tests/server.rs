@@ -49,7 +49,7 @@ const B: &str = "10.0.0.2:1002";
 const C: &str = "10.0.0.3:1003";
 
 impl Rig {
-    fn new(cfg: NlmConfig, store: MemHostStore) -> Rig {
+    fn new(cfg: NlmConfig, store: impl latch_nlm::HostStore + 'static) -> Rig {
         let t0 = Instant::now();
         let srv = Arc::new(Mutex::new(
             NlmServer::new(cfg, Box::new(store), t0).unwrap(),
@@ -702,6 +702,10 @@ fn grace_accepts_only_reclaims_and_ends_when_every_host_is_back() {
         Stat::Denied,
         "a's reclaimed lock holds"
     );
+    // c's name was saved before its LOCK was tried; the next tick drops
+    // it, as c holds nothing.
+    assert!(store.names.lock().unwrap().contains(&b"c".to_vec()));
+    r.advance(1);
     assert_eq!(*store.names.lock().unwrap(), [b"a".to_vec()].into());
 }
 
@@ -771,4 +775,49 @@ fn limits_answer_denied_nolocks() {
         msg::parse_reply(&reply).unwrap().result,
         Err(latch_oncrpc::RpcError::GarbageArgs)
     );
+}
+
+/// A host's name goes on the durable list of hosts holding state before it
+/// may get anything; if it cannot be saved (here a failing fsync on a
+/// simulated disk), the LOCK or SHARE is refused and changes nothing.
+#[test]
+fn a_lock_whose_host_cannot_be_made_durable_is_refused() {
+    let disk = latch_nsm::SimFs::default();
+    let store = latch_nlm::FileHostStore {
+        path: "/state/nlm-hosts".into(),
+        fs: disk.clone(),
+    };
+    latch_nsm::Fs::create_dir_all(&mut disk.clone(), std::path::Path::new("/state")).unwrap();
+    let mut r = Rig::new(NlmConfig::default(), store);
+    disk.disk.lock().unwrap().fail_syncs = 1;
+    let a = lk("a", 1, b"f", 0, 0);
+    assert_eq!(r.lock(A, 4, &la(&a, false, true)), Stat::DeniedNolocks);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 1, b"f", 0, 0), true).stat,
+        Stat::Granted,
+        "nothing was locked"
+    );
+    let sh = ShareArgs {
+        cookie: cookie(b"s"),
+        share: ShareLock {
+            caller_name: Name::from_text("a").unwrap(),
+            fh: Netobj::from_slice(b"f").unwrap(),
+            oh: Netobj::from_slice(b"a").unwrap(),
+            mode: 2,
+            access: 3,
+        },
+        reclaim: false,
+    };
+    disk.disk.lock().unwrap().fail_syncs = 1;
+    let res: ShareRes = decode(&r.call(A, 3, SHARE, &encode(&sh, 3)), 3).unwrap();
+    assert_eq!(res.stat, Stat::DeniedNolocks);
+    // The disk works again: granted, and the name is on the platter.
+    assert_eq!(r.lock(A, 4, &la(&a, false, true)), Stat::Granted);
+    let saved = disk
+        .disk
+        .lock()
+        .unwrap()
+        .durable_content(std::path::Path::new("/state/nlm-hosts"))
+        .unwrap();
+    assert_eq!(saved, b"a\n");
 }

@@ -5,10 +5,12 @@
 //! notification: it is odd while up, only grows, and is bumped at every
 //! start before anything is answered.
 
+pub mod fs;
 pub mod monitor;
 pub mod name;
 pub mod proto;
 pub mod store;
 
+pub use fs::{Fs, RealFs, SimFs};
 pub use monitor::{Action, Monitor, MonitorConfig, NotifyCheck};
 pub use store::{FileStore, MemStore, Storage};

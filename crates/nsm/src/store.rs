@@ -12,10 +12,10 @@
 //! ```
 //! File names come from [`crate::name::file_name`]; the real name is inside.
 
+use crate::fs::{Fs, RealFs};
 use crate::name;
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -89,10 +89,11 @@ pub trait Storage: Send {
     fn notified(&mut self, name: &[u8]) -> Result<(), StoreError>;
 }
 
-/// The durable store on a local filesystem.
+/// The durable store on a filesystem (the real one, or a simulated disk).
 #[derive(Debug)]
-pub struct FileStore {
+pub struct FileStore<F: Fs = RealFs> {
     dir: PathBuf,
+    fs: F,
 }
 
 const MONITORED: &str = "sm";
@@ -108,12 +109,19 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 impl FileStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        FileStore::open_in(RealFs, dir)
+    }
+}
+
+impl<F: Fs> FileStore<F> {
+    /// Opens (creating if needed) the store in `dir` of `fs`.
+    pub fn open_in(mut fs: F, dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         for sub in [MONITORED, TO_NOTIFY] {
             let p = dir.join(sub);
-            fs::create_dir_all(&p).map_err(io_err(&p))?;
+            fs.create_dir_all(&p).map_err(io_err(&p))?;
         }
-        Ok(FileStore { dir })
+        Ok(FileStore { dir, fs })
     }
 
     pub fn dir(&self) -> &Path {
@@ -124,21 +132,21 @@ impl FileStore {
         self.dir.join(sub).join(name::file_name(host))
     }
 
-    fn load_dir(&self, sub: &str) -> Result<Vec<HostRecord>, StoreError> {
+    fn load_dir(&mut self, sub: &str) -> Result<Vec<HostRecord>, StoreError> {
         let d = self.dir.join(sub);
         let mut out = Vec::new();
-        for entry in fs::read_dir(&d).map_err(io_err(&d))? {
-            let p = entry.map_err(io_err(&d))?.path();
+        for p in self.fs.read_dir(&d).map_err(io_err(&d))? {
             let is_tmp = p
                 .file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with('.'));
             if is_tmp {
                 // A write that crashed before its rename: it never happened.
-                let _ = fs::remove_file(&p);
+                let _ = self.fs.remove(&p);
                 continue;
             }
-            let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+            let bytes = self.fs.read(&p).map_err(io_err(&p))?;
+            let text = String::from_utf8_lossy(&bytes);
             out.push(parse_record(&text, &p)?);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -149,40 +157,53 @@ impl FileStore {
 /// Writes `bytes` to `path` so that after any crash the file holds either
 /// its old content or all of the new.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_atomic_in(&mut RealFs, path, bytes)
+}
+
+/// [`write_atomic`] on `fs`: a temp file written and synced, renamed over
+/// `path`, then the directory synced. A crash at any point leaves the old
+/// content or the new, never a mix: an unsynced temp file is never renamed,
+/// and a temp file left behind is removed by the next load.
+pub fn write_atomic_in(fs: &mut impl Fs, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{file}.tmp"));
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    sync_dir(dir)
+    fs.write(&tmp, bytes).map_err(io_err(&tmp))?;
+    fs.sync_file(&tmp).map_err(io_err(&tmp))?;
+    fs.rename(&tmp, path).map_err(io_err(path))?;
+    fs.sync_dir(dir).map_err(io_err(dir))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-fn remove_durably(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_file(path) {
-        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(path)(e)),
+/// Removes `path` and syncs its directory. Also when the file is gone
+/// already: an earlier removal whose directory sync failed is not durable
+/// yet, and a crash could bring the file back.
+fn remove_durably(fs: &mut impl Fs, path: &Path) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match fs.remove(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path)(e)),
     }
+    fs.sync_dir(dir).map_err(io_err(dir))
 }
 
-impl Storage for FileStore {
+impl<F: Fs> Storage for FileStore<F> {
     fn load(&mut self) -> Result<Persisted, StoreError> {
         let p = self.dir.join("state");
-        let state = match fs::read_to_string(&p) {
-            Ok(t) => t.trim().parse().map_err(|_| StoreError::Corrupt {
-                path: p.clone(),
-                line: 1,
-                what: format!("not a state number: {:?}", t.trim()),
-            })?,
+        let state = match self.fs.read(&p) {
+            Ok(t) => {
+                String::from_utf8_lossy(&t)
+                    .trim()
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt {
+                        path: p.clone(),
+                        line: 1,
+                        what: format!(
+                            "not a state number: {:?}",
+                            String::from_utf8_lossy(&t).trim()
+                        ),
+                    })?
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_err(&p)(e)),
         };
@@ -194,34 +215,42 @@ impl Storage for FileStore {
     }
 
     fn save_state(&mut self, state: u32) -> Result<(), StoreError> {
-        write_atomic(&self.dir.join("state"), format!("{state}\n").as_bytes())
-    }
-
-    fn save_host(&mut self, rec: &HostRecord) -> Result<(), StoreError> {
-        write_atomic(
-            &self.host_path(MONITORED, &rec.name),
-            format_record(rec).as_bytes(),
+        write_atomic_in(
+            &mut self.fs,
+            &self.dir.join("state"),
+            format!("{state}\n").as_bytes(),
         )
     }
 
+    fn save_host(&mut self, rec: &HostRecord) -> Result<(), StoreError> {
+        let p = self.host_path(MONITORED, &rec.name);
+        write_atomic_in(&mut self.fs, &p, format_record(rec).as_bytes())
+    }
+
     fn remove_host(&mut self, name: &[u8]) -> Result<(), StoreError> {
-        remove_durably(&self.host_path(MONITORED, name))
+        let p = self.host_path(MONITORED, name);
+        remove_durably(&mut self.fs, &p)
     }
 
     fn move_to_notify(&mut self, name: &[u8]) -> Result<(), StoreError> {
         let from = self.host_path(MONITORED, name);
         let to = self.host_path(TO_NOTIFY, name);
-        match fs::rename(&from, &to) {
+        // Not there: moved already, maybe not durably (synced below).
+        match self.fs.rename(&from, &to) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&from)(e)),
         }
-        sync_dir(&self.dir.join(TO_NOTIFY))?;
-        sync_dir(&self.dir.join(MONITORED))
+        for sub in [TO_NOTIFY, MONITORED] {
+            let d = self.dir.join(sub);
+            self.fs.sync_dir(&d).map_err(io_err(&d))?;
+        }
+        Ok(())
     }
 
     fn notified(&mut self, name: &[u8]) -> Result<(), StoreError> {
-        remove_durably(&self.host_path(TO_NOTIFY, name))
+        let p = self.host_path(TO_NOTIFY, name);
+        remove_durably(&mut self.fs, &p)
     }
 }
 
@@ -442,7 +471,7 @@ mod tests {
         s.remove_host(b"never-there").unwrap();
         s.move_to_notify(&[b'x'; 1024]).unwrap();
         // A write that died before its rename.
-        fs::write(dir.path().join("sm").join(".b.tmp"), "garbage").unwrap();
+        std::fs::write(dir.path().join("sm").join(".b.tmp"), "garbage").unwrap();
         let mut again = FileStore::open(dir.path()).unwrap();
         let p = again.load().unwrap();
         assert_eq!(p.state, 5);

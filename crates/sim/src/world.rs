@@ -8,9 +8,9 @@ use crate::workload::{self, Prog};
 use crate::Failure;
 use latch_nlm::client::{CallFailure, ClientAction, ClientConfig};
 use latch_nlm::proto::{self as nlm, Res};
-use latch_nlm::{Action, MemHostStore, NlmConfig, NlmServer};
+use latch_nlm::{Action, FileHostStore, NlmConfig, NlmServer};
 use latch_nsm::monitor::MonitorConfig;
-use latch_nsm::{MemStore, Monitor};
+use latch_nsm::{FileStore, Monitor, SimFs};
 use latch_oncrpc::client::{encode_call, CallTable, RetryPolicy};
 use latch_oncrpc::drc::Drc;
 use latch_oncrpc::msg::{self, Credential, Xid};
@@ -145,7 +145,15 @@ pub struct Counts {
     pub client_crashes: u64,
     pub server_crashes: u64,
     pub disk_faults: u64,
+    /// Writes refused (the store could not make them durable).
     pub failed_writes: u64,
+    pub failed_fsyncs: u64,
+    /// Power failures in the middle of a disk write (then a crash).
+    pub power_cuts: u64,
+    /// Unsynced file contents a crash lost, tore or kept.
+    pub unsynced_lost: u64,
+    pub unsynced_torn: u64,
+    pub unsynced_kept: u64,
     pub rpc_timeouts: u64,
     pub grants: u64,
     pub blocked: u64,
@@ -169,6 +177,11 @@ impl Counts {
         self.server_crashes += o.server_crashes;
         self.disk_faults += o.disk_faults;
         self.failed_writes += o.failed_writes;
+        self.failed_fsyncs += o.failed_fsyncs;
+        self.power_cuts += o.power_cuts;
+        self.unsynced_lost += o.unsynced_lost;
+        self.unsynced_torn += o.unsynced_torn;
+        self.unsynced_kept += o.unsynced_kept;
         self.rpc_timeouts += o.rpc_timeouts;
         self.grants += o.grants;
         self.blocked += o.blocked;
@@ -212,7 +225,7 @@ impl Program for SharedNlm {
     }
 }
 
-struct SharedNsm(Arc<Mutex<Monitor<MemStore>>>);
+struct SharedNsm(Arc<Mutex<Monitor<FileStore<SimFs>>>>);
 
 impl Program for SharedNsm {
     fn number(&self) -> u32 {
@@ -263,10 +276,15 @@ struct OutCall {
     attempt: u32,
 }
 
+/// Where a host keeps its status monitor's store and its lock manager's
+/// list of hosts, as latchd does under its state directory.
+const NSM_DIR: &str = "/var/lib/latch/nsm";
+const NLM_HOSTS: &str = "/var/lib/latch/nlm-hosts";
+
 /// A running host's machines. Dropped whole when the host crashes.
 pub(crate) struct Live {
     pub nlm: Arc<Mutex<NlmServer>>,
-    pub nsm: Arc<Mutex<Monitor<MemStore>>>,
+    pub nsm: Arc<Mutex<Monitor<FileStore<SimFs>>>>,
     d: Dispatcher,
     calls: CallTable<Purpose>,
     out: BTreeMap<u32, OutCall>,
@@ -279,8 +297,10 @@ pub(crate) struct Host {
     pub name: Vec<u8>,
     pub inc: u32,
     pub live: Option<Live>,
-    host_store: MemHostStore,
-    pub nsm_store: MemStore,
+    /// The host's disk: the status monitor's store and the lock manager's
+    /// list of hosts, through the same file code as latchd. A crash loses,
+    /// tears or keeps what was not synced.
+    pub disk: SimFs,
     pub progs: Vec<Prog>,
 }
 
@@ -320,9 +340,13 @@ enum Ev {
         to: usize,
         on: bool,
     },
+    /// The next `writes` fsyncs fail, or (`cut`) the power fails after
+    /// that many more writing filesystem calls, in the middle of a store's
+    /// write if one is under way then, and the host crashes.
     DiskFault {
         host: usize,
         writes: u32,
+        cut: bool,
     },
     Heal,
     Quiet,
@@ -403,8 +427,7 @@ impl World {
                     name: ip.to_string().into_bytes(),
                     inc: 0,
                     live: None,
-                    host_store: MemHostStore::default(),
-                    nsm_store: MemStore::default(),
+                    disk: SimFs::default(),
                     progs: Vec::new(),
                 }
             })
@@ -549,7 +572,8 @@ impl World {
                 let host = self.rng.below(n as u64) as usize;
                 let t = self.rng.below(span);
                 let writes = self.rng.range(1, 4) as u32;
-                self.at(t, Ev::DiskFault { host, writes });
+                let cut = self.rng.chance(0.3);
+                self.at(t, Ev::DiskFault { host, writes, cut });
             }
         }
     }
@@ -564,7 +588,8 @@ impl World {
             names: vec![name.clone()],
             ..MonitorConfig::default()
         };
-        let nsm = match Monitor::start(host.nsm_store.clone(), ncfg) {
+        let store = FileStore::open_in(host.disk.clone(), NSM_DIR);
+        let nsm = match store.and_then(|s| Monitor::start(s, ncfg)) {
             Ok(m) => m,
             Err(e) => {
                 self.counts.failed_writes += 1;
@@ -583,7 +608,11 @@ impl World {
             ..NlmConfig::default()
         };
         let now = self.instant();
-        let server = match NlmServer::new(cfg, Box::new(self.hosts[h].host_store.clone()), now) {
+        let hosts = FileHostStore {
+            path: NLM_HOSTS.into(),
+            fs: self.hosts[h].disk.clone(),
+        };
+        let server = match NlmServer::new(cfg, Box::new(hosts), now) {
             Ok(s) => s,
             Err(e) => {
                 self.fail(format!("host {h} NLM does not start: {e}"));
@@ -645,9 +674,28 @@ impl World {
         }
         self.hosts[h].live = None;
         self.hosts[h].progs.clear();
+        // Power loss: what was not synced may be lost, torn or kept.
+        let rng = &mut self.rng;
+        self.hosts[h].disk.crash(&mut |n| rng.below(n));
         self.log(format!("host {h} CRASH"));
         let down = self.rng.range(200, 15_000);
         self.after(down, Ev::Restart(h));
+    }
+
+    /// Hosts whose power failed in the middle of a disk write crash now.
+    fn power_cuts(&mut self) {
+        for h in 0..self.hosts.len() {
+            if lk(&self.hosts[h].disk.disk).cut {
+                self.counts.power_cuts += 1;
+                self.log(format!("host {h} POWER CUT during a disk write"));
+                if self.hosts[h].live.is_some() && !self.healed {
+                    self.crash(h);
+                } else {
+                    let rng = &mut self.rng;
+                    self.hosts[h].disk.crash(&mut |n| rng.below(n));
+                }
+            }
+        }
     }
 
     /// Runs to the end of the liveness phase, or to the first failure.
@@ -659,6 +707,7 @@ impl World {
             self.now = t;
             self.handle(ev);
             self.pump();
+            self.power_cuts();
             if self.failure.is_none() {
                 check::safety(self);
             }
@@ -675,6 +724,13 @@ impl World {
             return Err(self.failure_report(reason));
         }
         self.save_pcap();
+        for h in &self.hosts {
+            let d = lk(&h.disk.disk);
+            self.counts.failed_fsyncs += d.failed_syncs;
+            self.counts.unsynced_lost += d.lost;
+            self.counts.unsynced_torn += d.torn;
+            self.counts.unsynced_kept += d.kept_unsynced;
+        }
         Ok(Report {
             seed: self.seed,
             sim_ms: self.now,
@@ -764,11 +820,19 @@ impl World {
                     self.log(format!("heal {from} -> {to}"));
                 }
             }
-            Ev::DiskFault { host, writes } => {
+            Ev::DiskFault { host, writes, cut } => {
                 if !self.healed {
                     self.counts.disk_faults += 1;
-                    lk(&self.hosts[host].nsm_store.disk).fail_writes += writes;
-                    self.log(format!("host {host} NSM disk: next {writes} writes fail"));
+                    let mut d = lk(&self.hosts[host].disk.disk);
+                    if cut {
+                        d.cut_after = Some(writes - 1);
+                        drop(d);
+                        self.log(format!("host {host} disk: power fails in {writes} writes"));
+                    } else {
+                        d.fail_syncs += writes;
+                        drop(d);
+                        self.log(format!("host {host} disk: next {writes} fsyncs fail"));
+                    }
                 }
             }
             Ev::Heal => self.heal(),
@@ -781,8 +845,9 @@ impl World {
         self.log("HEAL: faults off, programs drain".into());
         self.blocked_links.clear();
         for h in 0..self.hosts.len() {
-            let mut d = lk(&self.hosts[h].nsm_store.disk);
-            d.fail_writes = 0;
+            let mut d = lk(&self.hosts[h].disk.disk);
+            d.fail_syncs = 0;
+            d.cut_after = None;
             drop(d);
             if self.hosts[h].live.is_none() {
                 self.at(self.now, Ev::Restart(h));
