@@ -381,10 +381,16 @@ impl ClientCore {
     /// A local program's request. `req` must be unique per connection.
     pub fn request(&mut self, conn: ConnId, req: ReqId, op: ClientOp, lock: RemoteLock) {
         let changes = matches!(op, ClientOp::Lock { .. } | ClientOp::Unlock);
+        let fresh = matches!(op, ClientOp::Lock { .. } | ClientOp::Test);
         let refuse = if self.full() {
             Some(Outcome::NoLocks)
         } else if changes && self.unresolved_overlap(conn, &lock) {
             Some(Outcome::Busy)
+        } else if fresh && self.reclaiming(lock.server) {
+            // What the server answers in grace. Sent now, it would also
+            // tell the server our recovery is over while reclaims are
+            // still on their way, and its grace could end before them.
+            Some(Outcome::Grace)
         } else {
             None
         };
@@ -425,6 +431,17 @@ impl ClientCore {
             lock,
             vers: 4,
         });
+    }
+
+    /// Whether reclaims to `server` are still under way (in flight, or to
+    /// be sent again). Like Linux's lock manager, we send that server no
+    /// new LOCK or TEST meanwhile: a server takes a host's first ordinary
+    /// request as the end of its recovery.
+    fn reclaiming(&self, server: IpAddr) -> bool {
+        self.in_flight
+            .values()
+            .any(|f| f.op == Op::Reclaim && f.lock.server == server)
+            || self.reclaim_later.iter().any(|e| e.lock.server == server)
     }
 
     /// Whether `conn` has a request on an overlapping range of the same
@@ -937,6 +954,7 @@ impl ClientCore {
     /// the server answering `granted`), and retries reclaims the server was
     /// not ready for.
     pub fn tick(&mut self, now_ms: u64) {
+        // Waits are asked again once the server's reclaims are done.
         let due: Vec<Entry> = self
             .waiting
             .values()
@@ -944,6 +962,7 @@ impl ClientCore {
                 now_ms.saturating_sub(e.last_sent_ms) >= self.cfg.resend_blocked_ms
                     || e.last_sent_ms == 0
             })
+            .filter(|e| !self.reclaiming(e.lock.server))
             .cloned()
             .collect();
         for e in due {

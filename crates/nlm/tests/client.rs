@@ -52,6 +52,10 @@ struct Host {
     events: Vec<(u64, LocalEvent)>,
     /// Drop GRANTED callbacks to this host while set.
     deaf: bool,
+    /// Answer nothing at all while set.
+    down: bool,
+    /// Calls its client side sent.
+    sent: usize,
 }
 
 impl Host {
@@ -77,6 +81,8 @@ impl Host {
             d,
             events: vec![],
             deaf: false,
+            down: false,
+            sent: 0,
         }
     }
 }
@@ -123,6 +129,9 @@ impl Net {
         let bytes = encode_call(Xid(self.xid), PROGRAM, vers, proc_, &Credential::None, args);
         let peer = SocketAddr::new(self.hosts[from].ip, 1000);
         let now = self.now();
+        if self.hosts[to].down {
+            return None;
+        }
         let reply = self.hosts[to]
             .d
             .handle(peer, None, Transport::Udp, &bytes, now, 0)?;
@@ -174,6 +183,7 @@ impl Net {
                             args,
                         } => {
                             let j = self.idx(server);
+                            self.hosts[i].sent += 1;
                             let r = match self.rpc(i, j, vers, proc_, &args) {
                                 Some(Ok(b)) => Ok(b),
                                 Some(Err(e)) => Err(CallFailure::Rpc(e)),
@@ -654,4 +664,53 @@ fn a_granted_meant_for_the_previous_start_is_refused() {
     // The real grant still comes.
     n.remote(1, 1, 2, ClientOp::Unlock, 0, 0, 0, true);
     assert_eq!(n.events(2), vec![(2, LocalEvent::Granted { req: 1 })]);
+}
+
+/// Like Linux's lock manager, the client side sends a restarted server no
+/// new LOCK or TEST while its reclaims are under way: the server may take
+/// them for the end of our recovery. The program hears `grace`, as it
+/// would from the server.
+#[test]
+fn no_new_lock_goes_to_a_server_while_reclaims_are_under_way() {
+    let mut n = Net::new(3);
+    let store = MemHostStore::default();
+    n.hosts[0] = Host::new("10.0.0.1", store.clone(), n.t0);
+    n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 100, true);
+    n.events(1);
+    n.hosts[0] = Host::new("10.0.0.1", store, n.t0);
+    n.hosts[0].down = true;
+    let before = n.hosts[1].sent;
+    n.sm_notify(1, "10.0.0.1", 3);
+    let sent = n.hosts[1].sent;
+    assert_eq!(sent, before + 1, "the reclaim, unanswered");
+    n.remote(1, 2, 1, ClientOp::Lock { wait: false }, 0, 200, 1, true);
+    n.remote(1, 2, 2, ClientOp::Test, 0, 200, 1, true);
+    assert_eq!(
+        n.events(1),
+        vec![(2, reply(1, Outcome::Grace)), (2, reply(2, Outcome::Grace))]
+    );
+    assert_eq!(n.hosts[1].sent, sent, "nothing sent");
+    // The server answers again: the reclaim goes through, then new locks.
+    n.hosts[0].down = false;
+    n.advance(100);
+    assert!(n.hosts[0].nlm.lock().unwrap().in_grace());
+    n.advance(2_100);
+    assert!(!n.hosts[0].nlm.lock().unwrap().in_grace(), "reclaimed");
+    n.remote(1, 2, 3, ClientOp::Lock { wait: false }, 0, 200, 1, true);
+    assert_eq!(n.events(1), vec![(2, reply(3, Outcome::Granted))]);
+    n.remote(2, 3, 1, ClientOp::Test, 0, 0, 1, true);
+    let ev = n.events(2);
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [(
+                3,
+                LocalEvent::Reply {
+                    req: 1,
+                    outcome: Outcome::Denied(_)
+                }
+            )]
+        ),
+        "the reclaimed lock holds: {ev:?}"
+    );
 }

@@ -821,3 +821,41 @@ fn a_lock_whose_host_cannot_be_made_durable_is_refused() {
         .unwrap();
     assert_eq!(saved, b"a\n");
 }
+
+/// Found by the simulator: an ordinary LOCK from a host during grace (a
+/// retransmission of a call made before the crash, sent before the host
+/// heard of the restart) ended that host's recovery, and grace ended
+/// before its reclaims came. Now only reclaims, FREE_ALL, a reboot notice
+/// or the time end it.
+#[test]
+fn an_ordinary_request_in_grace_does_not_end_the_hosts_recovery() {
+    let store = MemHostStore::default();
+    store
+        .names
+        .lock()
+        .unwrap()
+        .extend([b"a".to_vec(), b"b".to_vec()]);
+    let cfg = NlmConfig {
+        grace_ms: 30_000,
+        reclaim_settle_ms: 1000,
+        ..NlmConfig::default()
+    };
+    let mut r = Rig::new(cfg, store);
+    let mut re = la(&lk("a", 1, b"f", 0, 10), true, false);
+    re.reclaim = true;
+    assert_eq!(r.lock(A, 4, &re), Stat::Granted);
+    // b's LOCK from before the crash, retransmitted.
+    assert_eq!(
+        r.lock(B, 4, &la(&lk("b", 1, b"f", 20, 10), true, false)),
+        Stat::DeniedGracePeriod
+    );
+    r.advance(5_000);
+    assert!(r.srv.lock().unwrap().in_grace(), "b has not reclaimed");
+    let mut re = la(&lk("b", 1, b"f", 40, 10), true, false);
+    re.reclaim = true;
+    assert_eq!(r.lock(B, 4, &re), Stat::Granted);
+    r.advance(500);
+    assert!(r.srv.lock().unwrap().in_grace(), "b settles");
+    r.advance(600);
+    assert!(!r.srv.lock().unwrap().in_grace(), "both reclaimed");
+}

@@ -643,7 +643,14 @@ impl World {
             loop_xid: 1,
         });
         self.nsm_states[h].insert(state, inc);
-        self.log(format!("host {h} up, incarnation {inc}, NSM state {state}"));
+        let grace = self.hosts[h]
+            .live
+            .as_ref()
+            .is_some_and(|l| lk(&l.nlm).in_grace());
+        self.log(format!(
+            "host {h} up, incarnation {inc}, NSM state {state}{}",
+            if grace { ", in grace" } else { "" }
+        ));
         if h != SERVER {
             let n = self.rng.range(1, 3) as usize;
             self.hosts[h].progs = (0..n).map(|_| Prog::default()).collect();
@@ -668,7 +675,24 @@ impl World {
         }
         if h == SERVER {
             self.counts.server_crashes += 1;
-            self.before_crash = check::server_holdings(self);
+            let in_grace = self.hosts[h]
+                .live
+                .as_ref()
+                .is_some_and(|l| lk(&l.nlm).in_grace());
+            let mut now = check::server_holdings(self);
+            if in_grace {
+                // Crashed again before every lock was reclaimed: what was
+                // held before the previous crash may still be reclaimed
+                // (grace gave it to nobody else meanwhile).
+                for (k, m) in std::mem::take(&mut self.before_crash) {
+                    *now.entry(k).or_insert(0) |= m;
+                }
+            }
+            self.before_crash = now;
+            self.log(format!(
+                "server crashes {} grace",
+                if in_grace { "in" } else { "out of" }
+            ));
         } else {
             self.counts.client_crashes += 1;
         }
