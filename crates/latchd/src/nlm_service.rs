@@ -174,8 +174,12 @@ impl Driver {
                     }
                 }
             }
-            Action::Monitor { name } => self.monitor(&name, sm::SM_MON).await,
-            Action::Unmonitor { name } => self.monitor(&name, sm::SM_UNMON).await,
+            Action::Monitor { name } => {
+                self.monitor(&name, sm::SM_MON).await;
+            }
+            Action::Unmonitor { name } => {
+                self.monitor(&name, sm::SM_UNMON).await;
+            }
         }
     }
 
@@ -204,7 +208,15 @@ impl Driver {
                     self.wake.notify_one();
                 }
             }
-            ClientAction::Monitor { name } => self.monitor(&name, sm::SM_MON).await,
+            // LOCKs to that server wait for this answer.
+            ClientAction::Monitor { name } => {
+                let ok = self.monitor(&name, sm::SM_MON).await;
+                let mut s = lock(&self.core);
+                s.client.monitor_result(&name, ok);
+                if s.has_actions() {
+                    self.wake.notify_one();
+                }
+            }
             ClientAction::Local { conn, event } => crate::local::route(&self.routes, conn, event),
         }
     }
@@ -309,7 +321,8 @@ impl Driver {
 
     /// SM_MON or SM_UNMON `name` at the local status monitor, asking it to
     /// call NLM version 3 procedure 16 back (what rpc.statd accepts).
-    async fn monitor(&self, name: &[u8], proc_: u32) {
+    /// Whether the status monitor took the request (a few tries).
+    async fn monitor(&self, name: &[u8], proc_: u32) -> bool {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let id = sm::MonId {
             mon_name: XdrString::new(name.to_vec()).unwrap_or_default(),
@@ -361,7 +374,7 @@ impl Driver {
             }
             .await;
             match r {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(e) => {
                     tracing::debug!(host = %String::from_utf8_lossy(name), attempt, error = %e, "status monitor request failed");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -369,6 +382,7 @@ impl Driver {
             }
         }
         tracing::warn!(host = %String::from_utf8_lossy(name), "the status monitor did not take the request; the host's reboot will not free its locks");
+        false
     }
 
     fn out_v4(&self) -> &latch_io::RpcClient {

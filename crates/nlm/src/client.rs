@@ -177,7 +177,14 @@ pub struct ClientCore {
     held: Vec<Entry>,
     /// The NLM version each server speaks (4, falling back to 3 and 1).
     versions: BTreeMap<IpAddr, u32>,
-    monitored: Vec<Vec<u8>>,
+    /// Servers our status monitor watches for us (`true`), or has been
+    /// asked to (`false`). A server's reboot can only be announced to it
+    /// if it is on our monitor's durable list, so no LOCK goes to a server
+    /// before that: a crash of ours would leave its locks there forever.
+    monitored: BTreeMap<Vec<u8>, bool>,
+    /// LOCKs waiting for their server to be monitored (as Linux's lock
+    /// manager does, which fails the lock if the monitor refuses).
+    held_back: Vec<(ConnId, ReqId, bool, RemoteLock)>,
     /// Reclaims to send again (the server was not ready for them).
     reclaim_later: Vec<Entry>,
     /// UNLOCKs and CANCELs that did not get through: sent again until they
@@ -375,7 +382,8 @@ impl ClientCore {
     }
 
     fn full(&self) -> bool {
-        self.in_flight.len() + self.waiting.len() + self.held.len() >= self.cfg.max_entries
+        self.in_flight.len() + self.waiting.len() + self.held.len() + self.held_back.len()
+            >= self.cfg.max_entries
     }
 
     /// A local program's request. `req` must be unique per connection.
@@ -400,6 +408,11 @@ impl ClientCore {
         }
         let op = match op {
             ClientOp::Test => Op::Test,
+            ClientOp::Lock { wait } if self.monitored.get(&lock.server_name) != Some(&true) => {
+                self.monitor(&lock.server_name);
+                self.held_back.push((conn, req, wait, lock));
+                return;
+            }
             ClientOp::Lock { wait } => Op::Lock { block: wait },
             ClientOp::Unlock => {
                 self.forget_held(conn, &lock);
@@ -408,6 +421,15 @@ impl ClientCore {
                 Op::Unlock
             }
             ClientOp::Cancel => {
+                let before = self.held_back.len();
+                self.held_back
+                    .retain(|(c, _, _, l)| !(*c == conn && same_range(l, &lock)));
+                if self.held_back.len() < before {
+                    // Never sent: nothing to cancel at the server.
+                    let outcome = Outcome::Granted;
+                    self.tell(conn, LocalEvent::Reply { req, outcome });
+                    return;
+                }
                 self.waiting
                     .retain(|_, e| !(e.conn == conn && same_range(&e.lock, &lock)));
                 // A resend of the wait still in flight may come back
@@ -458,6 +480,7 @@ impl ClientCore {
             c == conn && l.server == lock.server && l.fh == lock.fh && ls <= e && s <= le
         };
         self.waiting.values().any(|w| hits(w.conn, &w.lock))
+            || self.held_back.iter().any(|(c, _, _, l)| hits(*c, l))
             || self
                 .in_flight
                 .values()
@@ -568,6 +591,7 @@ impl ClientCore {
     /// The connection is gone: unlock what it holds, cancel what it waits
     /// for. Nobody is told.
     pub fn disconnect(&mut self, conn: ConnId) {
+        self.held_back.retain(|(c, ..)| *c != conn);
         let held: Vec<Entry> = self
             .held
             .iter()
@@ -853,11 +877,34 @@ impl ClientCore {
     }
 
     fn monitor(&mut self, name: &[u8]) {
-        if !self.monitored.iter().any(|m| m == name) {
-            self.monitored.push(name.to_vec());
+        if !self.monitored.contains_key(name) {
+            self.monitored.insert(name.to_vec(), false);
             self.actions.push(ClientAction::Monitor {
                 name: name.to_vec(),
             });
+        }
+    }
+
+    /// What became of [`ClientAction::Monitor`] for `name`: the LOCKs held
+    /// back for it go out now, or (the monitor refused) fail with
+    /// `NoLocks`; the next LOCK asks the monitor again.
+    pub fn monitor_result(&mut self, name: &[u8], ok: bool) {
+        if ok {
+            self.monitored.insert(name.to_vec(), true);
+        } else {
+            self.monitored.remove(name);
+        }
+        let (mine, rest) = std::mem::take(&mut self.held_back)
+            .into_iter()
+            .partition(|(_, _, _, l)| l.server_name == name);
+        self.held_back = rest;
+        for (conn, req, wait, lock) in mine {
+            if ok {
+                self.request(conn, req, ClientOp::Lock { wait }, lock);
+            } else {
+                let outcome = Outcome::NoLocks;
+                self.tell(conn, LocalEvent::Reply { req, outcome });
+            }
         }
     }
 

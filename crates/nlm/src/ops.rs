@@ -149,11 +149,15 @@ impl NlmServer {
             self.check_reboot(host, a.state, now);
         }
         self.grace.note_request(&a.lock.caller_name, a.reclaim, now);
-        if !self.name_is_durable(host) {
-            return Stat::DeniedNolocks;
-        }
         let owner = Owner::new(host, a.lock.svid, a.lock.oh.as_bytes());
         let file = FileKey::new(a.lock.fh.as_bytes());
+        // What to give back if the host's name cannot be made durable.
+        let durable = self.name_saved(host);
+        let before = if durable {
+            Vec::new()
+        } else {
+            self.holdings(&owner, &file, range(&a.lock))
+        };
         let id = RequestId(self.next_request);
         let req = LockRequest {
             file: &file,
@@ -194,6 +198,30 @@ impl NlmServer {
         self.age_lock(&owner, &file, &reply.answer, now);
         self.refresh_prior(&owner, &file);
         self.deliver(reply.events, now);
+        if matches!(stat, Stat::Granted | Stat::Blocked) && !durable && !self.save_name(host) {
+            // A host gets state only once its name is on the durable list
+            // (after a restart, grace waits for every name on it): undone.
+            match reply.answer {
+                LockAnswer::Blocked(bid) => {
+                    self.grants.remove_blocked(&bid);
+                    let r = self.engine.cancel(bid);
+                    self.deliver(r.events, now);
+                }
+                _ => {
+                    let info = BlockedInfo {
+                        host,
+                        to: peer,
+                        vers,
+                        msg,
+                        exclusive: a.exclusive,
+                        lock: a.lock.clone(),
+                        prior: before,
+                    };
+                    self.release_grant(&info, now);
+                }
+            }
+            return Stat::DeniedNolocks;
+        }
         if matches!(stat, Stat::Granted | Stat::Blocked) {
             self.note_state(host, !nm);
         }
@@ -217,19 +245,23 @@ impl NlmServer {
         }
     }
 
-    /// Makes sure `host`'s name is in the durable list of hosts holding
-    /// state before it may get any: after a restart, grace waits for every
-    /// name on it. A name that cannot be saved gets nothing (the request
-    /// is refused with `denied_nolocks` and changes nothing). The list is
-    /// trimmed to the hosts that hold state first when it has grown to
-    /// the host limit, so refused requests cannot make it grow without end.
-    fn name_is_durable(&mut self, host: HostId) -> bool {
+    /// Whether `host`'s name is on the durable list of hosts holding state.
+    fn name_saved(&self, host: HostId) -> bool {
+        self.hosts
+            .get(host)
+            .is_some_and(|h| self.saved.contains(&name_key(&h.name)))
+    }
+
+    /// Puts `host`'s name on the durable list of hosts holding state: a
+    /// host may keep state only once it is there (after a restart, grace
+    /// waits for every name on it), so a LOCK whose name cannot be saved
+    /// is undone and refused with `denied_nolocks` (a SHARE is refused
+    /// before it is tried). The list is trimmed to the hosts that hold
+    /// state first when it has grown to the host limit.
+    fn save_name(&mut self, host: HostId) -> bool {
         let Some(key) = self.hosts.get(host).map(|h| name_key(&h.name)) else {
             return false;
         };
-        if self.saved.contains(&key) {
-            return true;
-        }
         if self.saved.len() >= self.cfg.max_hosts {
             self.persist_hosts();
         }
@@ -362,7 +394,7 @@ impl NlmServer {
     ) -> Stat {
         let s = &a.share;
         self.grace.note_request(&s.caller_name, a.reclaim, now);
-        if !self.name_is_durable(host) {
+        if !self.name_saved(host) && !self.save_name(host) {
             return Stat::DeniedNolocks;
         }
         // Shares have no svid: the owner is the host and the owner handle.

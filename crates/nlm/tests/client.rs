@@ -56,6 +56,8 @@ struct Host {
     down: bool,
     /// Calls its client side sent.
     sent: usize,
+    /// Its status monitor refuses SM_MON while set.
+    monitor_refuses: bool,
 }
 
 impl Host {
@@ -83,6 +85,7 @@ impl Host {
             deaf: false,
             down: false,
             sent: 0,
+            monitor_refuses: false,
         }
     }
 }
@@ -195,7 +198,12 @@ impl Net {
                         ClientAction::Local { conn, event } => {
                             self.hosts[i].events.push((conn, event))
                         }
-                        ClientAction::Monitor { .. } => {}
+                        ClientAction::Monitor { name } => {
+                            moved = true;
+                            let ok = !self.hosts[i].monitor_refuses;
+                            let mut n = self.hosts[i].nlm.lock().unwrap();
+                            n.client.monitor_result(&name, ok);
+                        }
                     }
                 }
             }
@@ -485,6 +493,12 @@ fn a_server_speaking_only_older_versions_is_used_in_its_version() {
     let mut c = n.hosts[1].nlm.lock().unwrap();
     c.client
         .request(1, 1, ClientOp::Lock { wait: false }, lock.clone());
+    // First our status monitor is asked to watch the server.
+    assert!(matches!(
+        &c.take_client_actions()[..],
+        [ClientAction::Monitor { .. }]
+    ));
+    c.client.monitor_result(b"10.0.0.1", true);
     let ClientAction::Call { token, vers, .. } = c.take_client_actions().remove(0) else {
         panic!()
     };
@@ -713,4 +727,33 @@ fn no_new_lock_goes_to_a_server_while_reclaims_are_under_way() {
         ),
         "the reclaimed lock holds: {ev:?}"
     );
+}
+
+/// Found by the simulator: a client host whose status monitor had not
+/// recorded the server (its SM_MON failed on a broken disk) held a lock
+/// there, crashed, and never told the server, which kept the lock forever.
+/// Now no LOCK goes to a server before our monitor watches it; if the
+/// monitor refuses, the LOCK fails with `NoLocks` (as Linux fails it with
+/// ENOLCK) and nothing is sent.
+#[test]
+fn no_lock_is_sent_before_our_status_monitor_watches_the_server() {
+    let mut n = Net::new(2);
+    n.hosts[1].monitor_refuses = true;
+    let before = n.hosts[1].sent;
+    n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 1, true);
+    n.remote(1, 2, 1, ClientOp::Lock { wait: true }, 0, 5, 1, true);
+    assert_eq!(
+        n.events(1),
+        vec![
+            (1, reply(1, Outcome::NoLocks)),
+            (2, reply(1, Outcome::NoLocks))
+        ]
+    );
+    assert_eq!(n.hosts[1].sent, before, "nothing sent");
+    // TEST needs no monitoring; once the monitor works, locks go out.
+    n.remote(1, 1, 2, ClientOp::Test, 0, 0, 1, true);
+    assert_eq!(n.events(1), vec![(1, reply(2, Outcome::Free))]);
+    n.hosts[1].monitor_refuses = false;
+    n.remote(1, 1, 3, ClientOp::Lock { wait: false }, 0, 0, 1, true);
+    assert_eq!(n.events(1), vec![(1, reply(3, Outcome::Granted))]);
 }

@@ -702,10 +702,6 @@ fn grace_accepts_only_reclaims_and_ends_when_every_host_is_back() {
         Stat::Denied,
         "a's reclaimed lock holds"
     );
-    // c's name was saved before its LOCK was tried; the next tick drops
-    // it, as c holds nothing.
-    assert!(store.names.lock().unwrap().contains(&b"c".to_vec()));
-    r.advance(1);
     assert_eq!(*store.names.lock().unwrap(), [b"a".to_vec()].into());
 }
 
@@ -797,6 +793,18 @@ fn a_lock_whose_host_cannot_be_made_durable_is_refused() {
         Stat::Granted,
         "nothing was locked"
     );
+    // A wait is undone the same way: c holds, b's wait is refused and
+    // does not stay queued.
+    assert_eq!(
+        r.lock(C, 4, &la(&lk("c", 1, b"w", 0, 0), true, false)),
+        Stat::Granted
+    );
+    disk.disk.lock().unwrap().fail_syncs = 1;
+    assert_eq!(
+        r.lock(B, 4, &la(&lk("b", 1, b"w", 0, 0), true, true)),
+        Stat::DeniedNolocks
+    );
+    assert_eq!(r.srv.lock().unwrap().list_locks(r.t0 + r.now).len(), 1);
     let sh = ShareArgs {
         cookie: cookie(b"s"),
         share: ShareLock {
@@ -819,7 +827,7 @@ fn a_lock_whose_host_cannot_be_made_durable_is_refused() {
         .unwrap()
         .durable_content(std::path::Path::new("/state/nlm-hosts"))
         .unwrap();
-    assert_eq!(saved, b"a\n");
+    assert_eq!(saved, b"a\nc\n");
 }
 
 /// Found by the simulator: an ordinary LOCK from a host during grace (a

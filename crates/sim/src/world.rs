@@ -334,6 +334,8 @@ enum Ev {
         inc: u32,
         name: Vec<u8>,
         attempt: u32,
+        /// For the client side, which waits for the answer.
+        client: bool,
     },
     Partition {
         from: usize,
@@ -830,9 +832,10 @@ impl World {
                 inc,
                 name,
                 attempt,
+                client,
             } => {
                 if self.hosts[host].inc == inc && self.hosts[host].live.is_some() {
-                    self.monitor(host, name, attempt);
+                    self.monitor(host, name, attempt, client);
                 }
             }
             Ev::Partition { from, to, on } => {
@@ -1128,7 +1131,7 @@ impl World {
 
     /// SM_MON at the host's own status monitor, with NLM v3 procedure 16
     /// as the callback (as latchd); retried a few times if refused.
-    fn monitor(&mut self, h: usize, name: Vec<u8>, attempt: u32) {
+    fn monitor(&mut self, h: usize, name: Vec<u8>, attempt: u32, client: bool) {
         use latch_nsm::proto as sm;
         let args = latch_xdr::to_bytes(&sm::Mon {
             mon_id: sm::MonId {
@@ -1148,6 +1151,7 @@ impl World {
             _ => false,
         };
         if ok {
+            self.monitor_answer(h, &name, client, true);
             return;
         }
         self.counts.failed_writes += 1;
@@ -1164,8 +1168,18 @@ impl World {
                     inc,
                     name,
                     attempt: attempt + 1,
+                    client,
                 },
             );
+        } else {
+            self.monitor_answer(h, &name, client, false);
+        }
+    }
+
+    /// Tells the client side of host `h` what became of its SM_MON.
+    fn monitor_answer(&mut self, h: usize, name: &[u8], client: bool, ok: bool) {
+        if let (true, Some(l)) = (client, &self.hosts[h].live) {
+            lk(&l.nlm).client.monitor_result(name, ok);
         }
     }
 
@@ -1229,7 +1243,7 @@ impl World {
                 };
                 self.start_call(h, to, nlm::PROGRAM, vers, proc_, &args, purpose);
             }
-            Action::Monitor { name } => self.monitor(h, name, 0),
+            Action::Monitor { name } => self.monitor(h, name, 0, false),
             Action::Unmonitor { name } => self.unmonitor(h, name),
         }
     }
@@ -1251,7 +1265,7 @@ impl World {
                 &args,
                 Purpose::Client { token },
             ),
-            ClientAction::Monitor { name } => self.monitor(h, name, 0),
+            ClientAction::Monitor { name } => self.monitor(h, name, 0, true),
             ClientAction::Local { conn, event } => workload::on_event(self, h, conn, event),
         }
     }

@@ -206,6 +206,16 @@ fn regression_ordinary_request_ended_recovery() {
     check_without(0x4f8c, &["dup", "partitions", "disk"]);
 }
 
+/// Loss, client and server crashes and disk faults: a client's SM_MON of
+/// the server failed (disk) while its LOCK went out and was granted; the
+/// client crashed and, the server not being on its monitor's list, never
+/// told it: the lock stayed on the server forever. Fixed: no LOCK goes to a
+/// server before our status monitor watches it.
+#[test]
+fn regression_lock_held_by_a_client_whose_monitor_forgot_the_server() {
+    check_without(0x4ef4, &["dup", "delay", "partitions"]);
+}
+
 /// Every fault kind but server crashes: the server kept a shared lock
 /// nobody believed held (open last session; passes since the client side
 /// holds back new requests while it reclaims, and grace waits for the
