@@ -185,6 +185,18 @@ pub struct ClientCore {
     /// LOCKs waiting for their server to be monitored (as Linux's lock
     /// manager does, which fails the lock if the monitor refuses).
     held_back: Vec<(ConnId, ReqId, bool, RemoteLock)>,
+    /// The files each connection sent a LOCK for (server, server name, fh),
+    /// up to [`TOUCHED_MAX`] per connection (a LOCK on one more file is
+    /// refused with `NoLocks`): when it closes, its owner
+    /// unlocks each whole file there, whatever we believe it holds, and
+    /// again [`LINGER_MS`] later. A LOCK datagram delayed in the network
+    /// past its call's timeout and its undo can still take a lock; the
+    /// owner is gone for good, so a whole-file UNLOCK can only free what
+    /// nobody believes held.
+    touched: BTreeMap<ConnId, std::collections::BTreeSet<(IpAddr, Vec<u8>, Vec<u8>)>>,
+    /// Whole-file UNLOCKs of closed connections to send again, and when
+    /// (stamped at the next tick).
+    linger: Vec<(Option<u64>, InFlight)>,
     /// Reclaims to send again (the server was not ready for them).
     reclaim_later: Vec<Entry>,
     /// UNLOCKs and CANCELs that did not get through: sent again until they
@@ -203,6 +215,14 @@ pub struct ClientCore {
     accepted: Remembered,
     actions: Vec<ClientAction>,
 }
+
+/// How many files one connection may lock in (see `ClientCore::touched`).
+const TOUCHED_MAX: usize = 1024;
+
+/// How long after a connection closed its whole-file UNLOCKs are sent
+/// again: longer than an RPC call's deadline plus the time a datagram can
+/// spend in the network.
+const LINGER_MS: u64 = 15_000;
 
 /// How soon a blocked LOCK answered "grace period" is asked again.
 const GRACE_RETRY_MS: u64 = 5_000;
@@ -408,6 +428,16 @@ impl ClientCore {
         }
         let op = match op {
             ClientOp::Test => Op::Test,
+            ClientOp::Lock { .. } if !self.touch(conn, &lock) => {
+                self.tell(
+                    conn,
+                    LocalEvent::Reply {
+                        req,
+                        outcome: Outcome::NoLocks,
+                    },
+                );
+                return;
+            }
             ClientOp::Lock { wait } if self.monitored.get(&lock.server_name) != Some(&true) => {
                 self.monitor(&lock.server_name);
                 self.held_back.push((conn, req, wait, lock));
@@ -453,6 +483,17 @@ impl ClientCore {
             lock,
             vers: 4,
         });
+    }
+
+    /// Remembers that `conn` locks in `lock`'s file; false if it cannot
+    /// (too many files, or too many connections remembered).
+    fn touch(&mut self, conn: ConnId, lock: &RemoteLock) -> bool {
+        let k = (lock.server, lock.server_name.clone(), lock.fh.clone());
+        if !self.touched.contains_key(&conn) && self.touched.len() >= self.cfg.max_entries {
+            return false;
+        }
+        let files = self.touched.entry(conn).or_default();
+        files.contains(&k) || files.len() < TOUCHED_MAX && files.insert(k)
     }
 
     /// Whether reclaims to `server` are still under way (in flight, or to
@@ -592,6 +633,26 @@ impl ClientCore {
     /// for. Nobody is told.
     pub fn disconnect(&mut self, conn: ConnId) {
         self.held_back.retain(|(c, ..)| *c != conn);
+        for (server, server_name, fh) in self.touched.remove(&conn).unwrap_or_default() {
+            let f = InFlight {
+                conn,
+                req: None,
+                op: Op::Unlock,
+                lock: RemoteLock {
+                    server,
+                    server_name,
+                    fh,
+                    offset: 0,
+                    len: 0,
+                    exclusive: false,
+                },
+                vers: 4,
+            };
+            if self.linger.len() < self.cfg.max_entries {
+                self.linger.push((None, f.clone()));
+            }
+            self.send(f);
+        }
         let held: Vec<Entry> = self
             .held
             .iter()
@@ -624,7 +685,21 @@ impl ClientCore {
                 vers: 4,
             });
         }
-        self.reclaim_later.retain(|e| e.conn != conn);
+        // A reclaim to send again may have been granted already (its
+        // answer was lost): unlocked, as the owner is gone.
+        let (gone, kept) = std::mem::take(&mut self.reclaim_later)
+            .into_iter()
+            .partition(|e| e.conn == conn);
+        self.reclaim_later = kept;
+        for e in gone {
+            self.send(InFlight {
+                conn,
+                req: None,
+                op: Op::Unlock,
+                lock: e.lock,
+                vers: 4,
+            });
+        }
         // Answers to requests still in flight go nowhere, and what they
         // take is undone: a reclaim in flight is from now on a LOCK
         // nobody waits for.
@@ -1026,6 +1101,14 @@ impl ClientCore {
             });
         }
         for f in std::mem::take(&mut self.cleanup_later) {
+            self.send(f);
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.linger)
+            .into_iter()
+            .map(|(at, f)| (at.unwrap_or(now_ms + LINGER_MS), f))
+            .partition(|(at, _)| *at <= now_ms);
+        self.linger = later.into_iter().map(|(at, f)| (Some(at), f)).collect();
+        for (_, f) in due {
             self.send(f);
         }
         for e in std::mem::take(&mut self.reclaim_later) {

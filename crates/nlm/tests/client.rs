@@ -757,3 +757,48 @@ fn no_lock_is_sent_before_our_status_monitor_watches_the_server() {
     n.remote(1, 1, 3, ClientOp::Lock { wait: false }, 0, 0, 1, true);
     assert_eq!(n.events(1), vec![(1, reply(3, Outcome::Granted))]);
 }
+
+/// Found by the simulator: a LOCK datagram delayed in the network past its
+/// call's timeout and the UNLOCK that undid it took the lock again, for a
+/// connection that then closed: nobody believed it held, and it stayed on
+/// the server. A closing connection's owner now unlocks every file it
+/// locked in, whole, at once and again some seconds later.
+#[test]
+fn a_closed_connection_unlocks_whole_files_at_once_and_again_later() {
+    let mut n = Net::new(2);
+    n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 10, true);
+    assert_eq!(n.events(1), vec![(1, reply(1, Outcome::Granted))]);
+    let held = n.hosts[0].nlm.lock().unwrap().list_locks(n.now());
+    let stray = |n: &mut Net, offset: u64| {
+        let a = LockArgs {
+            cookie: Netobj::default(),
+            block: false,
+            exclusive: true,
+            lock: Lock {
+                caller_name: Name::from_text("10.0.0.2").unwrap(),
+                fh: Netobj::from_slice(&held[0].fh).unwrap(),
+                oh: Netobj::from_slice(&held[0].oh).unwrap(),
+                svid: held[0].svid,
+                offset,
+                len: 5,
+            },
+            reclaim: false,
+            state: 0,
+        };
+        let r = n.rpc(1, 0, 4, LOCK, &encode(&a, 4)).unwrap().unwrap();
+        assert_eq!(decode::<Res>(&r, 4).unwrap().stat, Stat::Granted);
+    };
+    // A late copy of an old LOCK of this owner, which it does not know of.
+    stray(&mut n, 50);
+    let count = |n: &Net| n.hosts[0].nlm.lock().unwrap().list_locks(n.now()).len();
+    assert_eq!(count(&n), 2);
+    n.hosts[1].nlm.lock().unwrap().local_disconnect(1, n.now());
+    n.settle();
+    assert_eq!(count(&n), 0, "the whole file was unlocked");
+    // Another late copy, after the close: gone at the second round.
+    stray(&mut n, 70);
+    n.advance(1_000);
+    assert_eq!(count(&n), 1);
+    n.advance(15_000);
+    assert_eq!(count(&n), 0, "unlocked again later");
+}

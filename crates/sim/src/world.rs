@@ -1057,7 +1057,17 @@ impl World {
             return;
         };
         match purpose {
-            Purpose::Client { token } => lk(&l.nlm).client_reply(token, result, now),
+            Purpose::Client { token } => {
+                let nlm = l.nlm.clone();
+                if std::env::var_os("SIM_DUMP").is_some() {
+                    let what = match &result {
+                        Ok(b) => format!("answered ({} bytes)", b.len()),
+                        Err(e) => format!("failed: {e:?}"),
+                    };
+                    self.log(format!("host {h} client call {token} {what}"));
+                }
+                lk(&nlm).client_reply(token, result, now);
+            }
             Purpose::Grant { id, vers } => {
                 let stat = result
                     .ok()
@@ -1256,15 +1266,27 @@ impl World {
                 vers,
                 proc_,
                 args,
-            } => self.start_call(
-                h,
-                server,
-                nlm::PROGRAM,
-                vers,
-                proc_,
-                &args,
-                Purpose::Client { token },
-            ),
+            } => {
+                if std::env::var_os("SIM_DUMP").is_some() {
+                    let what = match nlm::decode::<nlm::LockArgs>(&args, vers) {
+                        Ok(a) if proc_ == nlm::LOCK => format!(
+                            "LOCK reclaim={} block={} svid {} [{}, +{})",
+                            a.reclaim, a.block, a.lock.svid, a.lock.offset, a.lock.len
+                        ),
+                        _ => format!("proc {proc_}"),
+                    };
+                    self.log(format!("host {h} client call {token}: {what}"));
+                }
+                self.start_call(
+                    h,
+                    server,
+                    nlm::PROGRAM,
+                    vers,
+                    proc_,
+                    &args,
+                    Purpose::Client { token },
+                )
+            }
             ClientAction::Monitor { name } => self.monitor(h, name, 0, true),
             ClientAction::Local { conn, event } => workload::on_event(self, h, conn, event),
         }

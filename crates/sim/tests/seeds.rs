@@ -216,6 +216,20 @@ fn regression_lock_held_by_a_client_whose_monitor_forgot_the_server() {
     check_without(0x4ef4, &["dup", "delay", "partitions"]);
 }
 
+/// A reclaim datagram delayed past its call's timeout, and past the UNLOCK
+/// that undid it after its connection closed, took the lock again for a
+/// gone owner: held on the server forever (0x4e33: partitions, delay and
+/// server crashes). The other three seeds failed checkers 2, 4 and the
+/// liveness phase the same way. Fixed: a closing connection unlocks every
+/// file it locked in, whole, at once and again 15 s later.
+#[test]
+fn regression_late_lock_datagram_after_close() {
+    check_without(0x4e33, &["loss", "client_crash", "disk"]);
+    check(0x4f9e);
+    check(0x4e51);
+    check(0x51b6);
+}
+
 /// Every fault kind but server crashes: the server kept a shared lock
 /// nobody believed held (open last session; passes since the client side
 /// holds back new requests while it reclaims, and grace waits for the
