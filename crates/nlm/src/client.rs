@@ -193,7 +193,7 @@ pub struct ClientCore {
     /// past its call's timeout and its undo can still take a lock; the
     /// owner is gone for good, so a whole-file UNLOCK can only free what
     /// nobody believes held.
-    touched: BTreeMap<ConnId, std::collections::BTreeSet<(IpAddr, Vec<u8>, Vec<u8>)>>,
+    touched: BTreeMap<ConnId, std::collections::BTreeSet<FileAt>>,
     /// Whole-file UNLOCKs of closed connections to send again, and when
     /// (stamped at the next tick).
     linger: Vec<(Option<u64>, InFlight)>,
@@ -215,6 +215,9 @@ pub struct ClientCore {
     accepted: Remembered,
     actions: Vec<ClientAction>,
 }
+
+/// A file on a server: (server, server name, file handle).
+type FileAt = (IpAddr, Vec<u8>, Vec<u8>);
 
 /// How many files one connection may lock in (see `ClientCore::touched`).
 const TOUCHED_MAX: usize = 1024;
