@@ -348,6 +348,7 @@ pub fn stats(parts: &Parts) -> Value {
                 "reboots_detected": st.reboots_detected,
                 "actions_dropped": st.actions_dropped,
                 "store_errors": st.store_errors,
+                "stale_requests": st.stale_requests,
             }),
         );
         root.insert(

@@ -316,6 +316,13 @@ pub fn render(parts: &Parts) -> String {
     );
     o.one(
         &st,
+        ("nlm", "stale_requests"),
+        "latch_nlm_stale_requests_total",
+        c,
+        "LOCKs refused as sent before a reboot of their host (an older NSM state).",
+    );
+    o.one(
+        &st,
         ("nsm", "state"),
         "latch_nsm_state",
         g,

@@ -118,6 +118,9 @@ pub struct NlmStats {
     pub actions_dropped: u64,
     /// Host-list saves that failed (the request was refused).
     pub store_errors: u64,
+    /// LOCKs refused as sent before a reboot of their host that we know of
+    /// (an older NSM state than the host's).
+    pub stale_requests: u64,
 }
 
 /// Rejects a file handle as stale (v4 answers `stale_fh`).

@@ -515,6 +515,25 @@ fn a_lock_with_a_newer_nsm_state_drops_the_clients_old_locks() {
         "new lock held"
     );
     assert_eq!(r.srv.lock().unwrap().stats.reboots_detected, 1);
+    // A LOCK of the old incarnation, delayed in the network, comes now:
+    // refused, and the host's state stays 5 (found by the simulator).
+    let mut late = la(&lk("a", 2, b"f3", 0, 0), true, false);
+    late.state = 3;
+    assert_eq!(r.lock(A, 4, &late), Stat::Denied);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f3", 0, 0), true).stat,
+        Stat::Granted,
+        "nothing taken"
+    );
+    let mut again = la(&lk("a", 9, b"f4", 0, 0), true, false);
+    again.state = 5;
+    assert_eq!(r.lock(A, 4, &again), Stat::Granted);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f2", 0, 0), true).stat,
+        Stat::Denied,
+        "no second reboot seen: the new lock is still held"
+    );
+    assert_eq!(r.srv.lock().unwrap().stats.stale_requests, 1);
 }
 
 #[test]

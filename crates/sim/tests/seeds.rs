@@ -230,6 +230,15 @@ fn regression_late_lock_datagram_after_close() {
     check(0x51b6);
 }
 
+/// Dup, delay, crashes, disk: a reclaim sent just before the client host
+/// crashed arrived, delayed, after its reboot notice had freed its locks:
+/// the lock went to a process that no longer existed. Fixed: a LOCK with an
+/// older NSM state than the host's known one is refused.
+#[test]
+fn regression_lock_from_before_a_known_reboot() {
+    check_without(0x5146, &["loss", "partitions"]);
+}
+
 /// Every fault kind but server crashes: the server kept a shared lock
 /// nobody believed held (open last session; passes since the client side
 /// holds back new requests while it reclaims, and grace waits for the
