@@ -75,6 +75,10 @@ pub struct NlmConfig {
     /// Length of the grace period after a restart; it ends early once
     /// every host that held locks has reclaimed or gone.
     pub grace_ms: u64,
+    /// Grace lasts at least this long (if `grace_ms` allows): requests
+    /// sent before the crash, still retransmitted or in the network, are
+    /// refused as in grace, not granted by a server that forgot them.
+    pub grace_min_ms: u64,
     /// GRANTED callbacks: "auto" (GRANTED_MSG for clients that used
     /// LOCK_MSG, GRANTED otherwise), "sync" or "msg".
     pub granted_style: GrantedStyleConfig,
@@ -93,6 +97,7 @@ impl Default for NlmConfig {
     fn default() -> Self {
         NlmConfig {
             grace_ms: 45_000,
+            grace_min_ms: 10_000,
             granted_style: GrantedStyleConfig::Auto,
             unacknowledged: UnacknowledgedConfig::Keep,
             granted_tries_max: 10,

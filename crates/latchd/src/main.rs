@@ -303,6 +303,7 @@ fn start_nlm(cfg: &Config) -> Result<nlm_service::Core> {
         our_name: nsm_service::hostname(),
         max_hosts: n.max_hosts,
         grace_ms: n.grace_ms,
+        grace_min_ms: n.grace_min_ms,
         granted_style: match n.granted_style {
             config::GrantedStyleConfig::Auto => latch_nlm::GrantedStyle::Auto,
             config::GrantedStyleConfig::Sync => latch_nlm::GrantedStyle::Sync,

@@ -66,7 +66,7 @@ impl Hosts {
         std::fs::write(
             &cfg,
             format!(
-                "[nsm]\nnames = [\"{ip}\"]\nnotify_timeout_ms = 30000\n[client]\nname = \"{ip}\"\nresend_blocked_ms = 2000\n[nlm]\ngrace_ms = 20000\n"
+                "[nsm]\nnames = [\"{ip}\"]\nnotify_timeout_ms = 30000\n[client]\nname = \"{ip}\"\nresend_blocked_ms = 2000\n[nlm]\ngrace_ms = 20000\ngrace_min_ms = 3000\n"
             ),
         )
         .unwrap();

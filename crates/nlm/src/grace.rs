@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub(crate) struct Grace {
     active: bool,
     ends_ms: u64,
+    /// No early end before this.
+    min_ms: u64,
     settle_ms: u64,
     /// Host name -> the time of its last reclaim, if any.
     waiting: BTreeMap<Vec<u8>, Option<u64>>,
@@ -24,10 +26,11 @@ pub(crate) struct Grace {
 
 impl Grace {
     /// Grace waits for `hosts`; with none there is nothing to wait for.
-    pub fn start(hosts: &BTreeSet<Vec<u8>>, grace_ms: u64, settle_ms: u64) -> Grace {
+    pub fn start(hosts: &BTreeSet<Vec<u8>>, grace_ms: u64, min_ms: u64, settle_ms: u64) -> Grace {
         Grace {
             active: !hosts.is_empty(),
             ends_ms: grace_ms,
+            min_ms,
             settle_ms,
             waiting: hosts.iter().map(|h| (name_key(h), None)).collect(),
         }
@@ -68,7 +71,7 @@ impl Grace {
         let settle = self.settle_ms;
         self.waiting
             .retain(|_, last| last.is_none_or(|t| now.saturating_sub(t) < settle));
-        if now >= self.ends_ms || self.waiting.is_empty() {
+        if now >= self.ends_ms || (self.waiting.is_empty() && now >= self.min_ms) {
             self.end();
             return true;
         }

@@ -179,6 +179,13 @@ impl NlmServer {
             let Some(info) = batch.remove(&id) else {
                 continue;
             };
+            let mode = if info.exclusive {
+                latch_lock::Mode::Exclusive
+            } else {
+                latch_lock::Mode::Shared
+            };
+            let r = Range::from_offset_len(info.lock.offset, info.lock.len);
+            self.note_acquired(&owner, &file, r, mode);
             // The owner's holdings changed: the `prior` of its other waits.
             self.refresh_prior(&owner, &file);
             let msg = match self.cfg.granted_style {
@@ -328,6 +335,32 @@ impl NlmServer {
             }
         }
         self.deliver(events, now);
+    }
+
+    /// `owner` now holds `r` in `mode` by another request than its grants
+    /// not yet acknowledged on `file`: undoing one of those must leave `r`
+    /// alone (found by the simulator: a refused old grant, undone, cut the
+    /// range the same owner was granted next in the same wake).
+    pub(crate) fn note_acquired(
+        &mut self,
+        owner: &Owner,
+        file: &FileKey,
+        r: Range,
+        mode: latch_lock::Mode,
+    ) {
+        for p in self.grants.pending.values_mut() {
+            let i = &p.info;
+            let same = (
+                i.host,
+                i.lock.svid,
+                i.lock.oh.as_bytes(),
+                i.lock.fh.as_bytes(),
+            ) == (owner.host, owner.svid, &*owner.handle, &*file.0);
+            let mine = Range::from_offset_len(i.lock.offset, i.lock.len);
+            if let (true, Some(c)) = (same, clip(r, mine)) {
+                p.info.prior = overlay(&p.info.prior, c, mode);
+            }
+        }
     }
 
     /// Keeps the `prior` of `owner`'s blocked requests on `file` up to date

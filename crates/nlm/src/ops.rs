@@ -197,6 +197,9 @@ impl NlmServer {
             LockAnswer::DeniedGrace => Stat::DeniedGracePeriod,
         };
         self.age_lock(&owner, &file, &reply.answer, now);
+        if stat == Stat::Granted {
+            self.note_acquired(&owner, &file, range(&a.lock), mode(a.exclusive));
+        }
         self.refresh_prior(&owner, &file);
         self.deliver(reply.events, now);
         if matches!(stat, Stat::Granted | Stat::Blocked) && !durable && !self.save_name(host) {

@@ -46,6 +46,13 @@ pub struct NlmConfig {
     pub our_name: Vec<u8>,
     pub max_hosts: usize,
     pub grace_ms: u64,
+    /// Grace never ends early before this: a request sent before the crash
+    /// (retransmitted by the client's RPC layer, or delayed in the network)
+    /// would otherwise be granted after grace by a server whose duplicate
+    /// request cache forgot it, though its client has moved on (found by
+    /// the simulator). Longer than clients' retransmission deadline plus
+    /// a datagram's lifetime.
+    pub grace_min_ms: u64,
     /// A host that reclaimed and then stayed quiet this long is done.
     pub reclaim_settle_ms: u64,
     pub granted_style: GrantedStyle,
@@ -68,6 +75,7 @@ impl Default for NlmConfig {
             our_name: b"localhost".to_vec(),
             max_hosts: 4096,
             grace_ms: 45_000,
+            grace_min_ms: 10_000,
             reclaim_settle_ms: 2_000,
             granted_style: GrantedStyle::Auto,
             granted_retry_first_ms: 500,
@@ -161,7 +169,12 @@ impl NlmServer {
     ) -> std::io::Result<Self> {
         let before = store.load()?;
         let mut engine = Engine::new(cfg.limits);
-        let grace = Grace::start(&before, cfg.grace_ms, cfg.reclaim_settle_ms);
+        let grace = Grace::start(
+            &before,
+            cfg.grace_ms,
+            cfg.grace_min_ms,
+            cfg.reclaim_settle_ms,
+        );
         engine.set_grace(grace.active());
         Ok(NlmServer {
             cfg: cfg.clone(),

@@ -65,6 +65,7 @@ impl Host {
         let cfg = NlmConfig {
             our_name: ip.as_bytes().to_vec(),
             grace_ms: 30_000,
+            grace_min_ms: 2_000,
             client: ClientConfig {
                 our_name: ip.as_bytes().to_vec(),
                 resend_blocked_ms: 5_000,

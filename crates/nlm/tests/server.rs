@@ -689,6 +689,7 @@ fn grace_accepts_only_reclaims_and_ends_when_every_host_is_back() {
         .extend([b"a".to_vec(), b"b".to_vec()]);
     let cfg = NlmConfig {
         grace_ms: 30_000,
+        grace_min_ms: 0,
         reclaim_settle_ms: 1000,
         ..NlmConfig::default()
     };
@@ -864,6 +865,7 @@ fn an_ordinary_request_in_grace_does_not_end_the_hosts_recovery() {
         .extend([b"a".to_vec(), b"b".to_vec()]);
     let cfg = NlmConfig {
         grace_ms: 30_000,
+        grace_min_ms: 0,
         reclaim_settle_ms: 1000,
         ..NlmConfig::default()
     };
@@ -885,4 +887,76 @@ fn an_ordinary_request_in_grace_does_not_end_the_hosts_recovery() {
     assert!(r.srv.lock().unwrap().in_grace(), "b settles");
     r.advance(600);
     assert!(!r.srv.lock().unwrap().in_grace(), "both reclaimed");
+}
+
+/// Found by the simulator: a LOCK sent just before the server crashed,
+/// still retransmitted (or delayed in the network) after the restart,
+/// arrived once grace had ended early and was granted by a server that no
+/// longer remembered it, though its client had long moved on. Grace now
+/// lasts at least `grace_min_ms`, longer than such a request can live.
+#[test]
+fn grace_does_not_end_early_before_its_minimum() {
+    let store = MemHostStore::default();
+    store.names.lock().unwrap().insert(b"a".to_vec());
+    let cfg = NlmConfig {
+        grace_ms: 30_000,
+        grace_min_ms: 10_000,
+        reclaim_settle_ms: 1000,
+        ..NlmConfig::default()
+    };
+    let mut r = Rig::new(cfg, store);
+    let mut re = la(&lk("a", 1, b"f", 0, 10), true, false);
+    re.reclaim = true;
+    assert_eq!(r.lock(A, 4, &re), Stat::Granted);
+    r.advance(2_000);
+    assert!(
+        r.srv.lock().unwrap().in_grace(),
+        "a settled, the minimum holds"
+    );
+    // An old LOCK of b, from before the crash, comes late: refused.
+    assert_eq!(
+        r.lock(B, 4, &la(&lk("b", 1, b"g", 0, 0), true, false)),
+        Stat::DeniedGracePeriod
+    );
+    r.advance(8_100);
+    assert!(!r.srv.lock().unwrap().in_grace(), "over at the minimum");
+}
+
+/// Found by the simulator: two waits of one owner granted in one wake; the
+/// client refused the older one (it had given up on it) and took the newer
+/// one, inside the older one's range. Undoing the older grant unlocked the
+/// newer one too. An undo now leaves alone what the owner got since.
+#[test]
+fn undoing_a_refused_grant_keeps_what_the_owner_got_since() {
+    let mut r = Rig::default();
+    let a = lk("a", 1, b"f", 30, 16);
+    assert_eq!(r.lock(A, 4, &la(&a, true, false)), Stat::Granted);
+    let old = lk("b", 1, b"f", 32, 11);
+    let new = lk("b", 1, b"f", 39, 4);
+    assert_eq!(r.lock(B, 4, &la(&old, false, true)), Stat::Blocked);
+    assert_eq!(r.lock(B, 4, &la(&new, false, true)), Stat::Blocked);
+    r.actions();
+    r.unlock(A, 4, &a);
+    let calls = r.calls();
+    assert_eq!(calls.len(), 2, "both granted");
+    let now = r.t0 + r.now;
+    let (first, second) = (calls[0].3.unwrap(), calls[1].3.unwrap());
+    r.srv
+        .lock()
+        .unwrap()
+        .call_result(first, Some(Stat::Denied), now);
+    r.srv
+        .lock()
+        .unwrap()
+        .call_result(second, Some(Stat::Granted), now);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 39, 4), true).stat,
+        Stat::Denied,
+        "the newer grant holds"
+    );
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"f", 32, 7), true).stat,
+        Stat::Granted,
+        "the older one is undone"
+    );
 }

@@ -239,6 +239,25 @@ fn regression_lock_from_before_a_known_reboot() {
     check_without(0x5146, &["loss", "partitions"]);
 }
 
+/// Loss, partitions, server crashes: a LOCK sent just before the server
+/// crashed was retransmitted after the restart, reached the server after
+/// grace had ended early, and was granted though its client had moved on
+/// (the server's duplicate request cache had forgotten it). Fixed: grace
+/// lasts at least `grace_min_ms`.
+#[test]
+fn regression_pre_crash_lock_granted_after_grace() {
+    check_without(0x7a18, &["loss", "dup", "client_crash", "disk"]);
+}
+
+/// Loss, partitions, server crashes: two waits of one owner granted in one
+/// wake; the client refused the older (given up) and took the newer, inside
+/// the older's range; undoing the older grant unlocked the newer. Fixed: an
+/// undo leaves alone what the owner got since.
+#[test]
+fn regression_undo_of_a_grant_cut_a_later_grant() {
+    check_without(0x77ac, &["dup", "delay", "client_crash", "disk"]);
+}
+
 /// Every fault kind but server crashes: the server kept a shared lock
 /// nobody believed held (open last session; passes since the client side
 /// holds back new requests while it reclaims, and grace waits for the
