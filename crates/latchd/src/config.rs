@@ -119,6 +119,16 @@ pub struct ClientConfig {
     pub transport: String,
     /// A blocked LOCK is sent again this often, in case its GRANTED was lost.
     pub resend_blocked_ms: u64,
+    /// "sync" (TEST, LOCK, CANCEL, UNLOCK) or "msg" (their asynchronous
+    /// `_MSG` forms, answered by `_RES` calls to our NLM port).
+    pub procedures: ProceduresConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProceduresConfig {
+    Sync,
+    Msg,
 }
 
 impl Default for ClientConfig {
@@ -127,6 +137,7 @@ impl Default for ClientConfig {
             name: String::new(),
             transport: "udp".into(),
             resend_blocked_ms: 30_000,
+            procedures: ProceduresConfig::Sync,
         }
     }
 }

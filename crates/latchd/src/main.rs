@@ -326,6 +326,7 @@ fn start_nlm(cfg: &Config) -> Result<nlm_service::Core> {
                 cfg.client.name.as_bytes().to_vec()
             },
             resend_blocked_ms: cfg.client.resend_blocked_ms,
+            msg: cfg.client.procedures == config::ProceduresConfig::Msg,
             ..latch_nlm::client::ClientConfig::default()
         },
         ..latch_nlm::NlmConfig::default()

@@ -514,16 +514,18 @@ struct World {
 impl World {
     fn start(dir: &Path, h: &mut Host) {
         let cfg = dir.join(format!("{}.toml", h.tag));
-        // The last client talks to the server over TCP, the others UDP.
+        // The last client talks to the server over TCP, the others UDP;
+        // the first asks with the _MSG procedures.
         let transport = if h.tag == format!("client{}", CLIENTS - 1) {
             "tcp"
         } else {
             "udp"
         };
+        let procedures = if h.tag == "client0" { "msg" } else { "sync" };
         std::fs::write(
             &cfg,
             format!(
-                "[nsm]\nnames = [\"{ip}\"]\nnotify_timeout_ms = 60000\n[client]\nname = \"{ip}\"\ntransport = \"{transport}\"\nresend_blocked_ms = 2000\n[nlm]\ngrace_ms = 6000\n",
+                "[nsm]\nnames = [\"{ip}\"]\nnotify_timeout_ms = 60000\n[client]\nname = \"{ip}\"\ntransport = \"{transport}\"\nprocedures = \"{procedures}\"\nresend_blocked_ms = 2000\n[nlm]\ngrace_ms = 6000\n",
                 ip = h.ip
             ),
         )

@@ -127,6 +127,10 @@ pub struct ClientConfig {
     pub resend_blocked_ms: u64,
     /// Bound on requests in flight and locks held through this host.
     pub max_entries: usize,
+    /// Ask with the asynchronous procedures (TEST_MSG, LOCK_MSG, CANCEL_MSG,
+    /// UNLOCK_MSG; answers come back as `_RES` calls, see
+    /// [`ClientCore::msg_res`]) instead of the synchronous ones.
+    pub msg: bool,
 }
 
 impl Default for ClientConfig {
@@ -135,6 +139,7 @@ impl Default for ClientConfig {
             our_name: b"localhost".to_vec(),
             resend_blocked_ms: 30_000,
             max_entries: 65_536,
+            msg: false,
         }
     }
 }
@@ -177,6 +182,9 @@ pub struct ClientCore {
     held: Vec<Entry>,
     /// The NLM version each server speaks (4, falling back to 3 and 1).
     versions: BTreeMap<IpAddr, u32>,
+    /// _MSG calls taken by the server whose _RES has not come, and until
+    /// when it may.
+    awaiting_res: BTreeMap<u64, u64>,
     /// Servers our status monitor watches for us (`true`), or has been
     /// asked to (`false`). A server's reboot can only be announced to it
     /// if it is on our monitor's durable list, so no LOCK goes to a server
@@ -226,6 +234,9 @@ const TOUCHED_MAX: usize = 1024;
 /// again: longer than an RPC call's deadline plus the time a datagram can
 /// spend in the network.
 const LINGER_MS: u64 = 15_000;
+
+/// How long a _MSG call's answer (its _RES call) is waited for.
+const RES_WAIT_MS: u64 = 5_000;
 
 /// How soon a blocked LOCK answered "grace period" is asked again.
 const GRACE_RETRY_MS: u64 = 5_000;
@@ -332,6 +343,22 @@ impl ClientCore {
     }
 
     fn encode(&self, f: &InFlight, token: u64) -> (u32, Vec<u8>) {
+        let (proc_, args) = self.encode_sync(f, token);
+        if !self.cfg.msg {
+            return (proc_, args);
+        }
+        // The _MSG procedure of each takes the same arguments.
+        let msg = match proc_ {
+            TEST => TEST_MSG,
+            LOCK => LOCK_MSG,
+            CANCEL => CANCEL_MSG,
+            UNLOCK => UNLOCK_MSG,
+            p => p,
+        };
+        (msg, args)
+    }
+
+    fn encode_sync(&self, f: &InFlight, token: u64) -> (u32, Vec<u8>) {
         let cookie = Netobj::from_slice(&token.to_be_bytes()).unwrap_or_default();
         let lock = self.nlm_lock(f.conn, &f.lock);
         let excl = f.lock.exclusive;
@@ -721,6 +748,14 @@ impl ClientCore {
         let Some(f) = self.in_flight.remove(&token) else {
             return;
         };
+        if self.cfg.msg && result.as_ref().is_ok_and(Vec::is_empty) {
+            // The _MSG call was taken; its answer comes as a _RES call.
+            self.awaiting_res
+                .insert(token, now_ms.saturating_add(RES_WAIT_MS));
+            self.in_flight.insert(token, f);
+            return;
+        }
+        self.awaiting_res.remove(&token);
         if result.is_err() {
             self.granted_early.remove(&token);
         }
@@ -1075,10 +1110,57 @@ impl ClientCore {
         self.cleanup_later.retain(|f| !matches(&f.lock));
     }
 
+    /// A `_RES` call from `from` (TEST_RES, LOCK_RES, CANCEL_RES or
+    /// UNLOCK_RES, version `vers`): the answer to our `_MSG` call whose
+    /// cookie it carries, taken as the synchronous reply would be. Answers
+    /// to nothing we wait for (late, repeated, or forged) are ignored.
+    pub fn msg_res(&mut self, from: IpAddr, proc_: u32, vers: u32, args: &[u8], now_ms: u64) {
+        let cookie = if proc_ == TEST_RES {
+            decode::<TestRes>(args, vers).map(|r| r.cookie)
+        } else {
+            decode::<Res>(args, vers).map(|r| r.cookie)
+        };
+        let Some(token) = cookie
+            .ok()
+            .and_then(|c| <[u8; 8]>::try_from(c.as_bytes()).ok())
+            .map(u64::from_be_bytes)
+        else {
+            return;
+        };
+        let expected = match self.in_flight.get(&token) {
+            Some(f) => {
+                f.lock.server == from
+                    && f.vers == vers
+                    && matches!(
+                        (f.op, proc_),
+                        (Op::Test, TEST_RES)
+                            | (Op::Lock { .. } | Op::Reclaim, LOCK_RES)
+                            | (Op::Cancel, CANCEL_RES)
+                            | (Op::Unlock, UNLOCK_RES)
+                    )
+            }
+            None => false,
+        };
+        if expected {
+            self.reply(token, Ok(args.to_vec()), now_ms);
+        }
+    }
+
     /// Resends blocked LOCKs that are due (a lost GRANTED is recovered by
     /// the server answering `granted`), and retries reclaims the server was
     /// not ready for.
     pub fn tick(&mut self, now_ms: u64) {
+        // _MSG calls whose _RES never came: no answer.
+        let lapsed: Vec<u64> = self
+            .awaiting_res
+            .iter()
+            .filter(|(_, &at)| at <= now_ms)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in lapsed {
+            let failure = CallFailure::Transport("no _RES answer".into());
+            self.reply(t, Err(failure), now_ms);
+        }
         // Waits are asked again once the server's reclaims are done.
         let due: Vec<Entry> = self
             .waiting

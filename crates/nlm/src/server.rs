@@ -443,8 +443,8 @@ impl NlmServer {
                 let r: Res = decode(args, vers)?;
                 self.granted_res(&r.cookie, r.stat, now);
             }
-            // Answers to calls we never make as a server: accepted, ignored.
-            TEST_RES..=UNLOCK_RES => {}
+            // Answers to our client side's _MSG calls.
+            TEST_RES..=UNLOCK_RES => self.client.msg_res(peer, ctx.proc_, vers, args, now),
             SM_NOTIFY => return Ok(self.sm_notify(ctx, decode(args, vers)?, now)),
             SHARE => self
                 .share(peer, decode(args, vers)?, now)

@@ -54,6 +54,8 @@ struct Host {
     deaf: bool,
     /// Answer nothing at all while set.
     down: bool,
+    /// Drop the _RES calls sent to this host while set.
+    deaf_to_res: bool,
     /// Calls its client side sent.
     sent: usize,
     /// Its status monitor refuses SM_MON while set.
@@ -62,6 +64,11 @@ struct Host {
 
 impl Host {
     fn new(ip: &str, store: MemHostStore, t0: Instant) -> Host {
+        Host::with_style(ip, store, t0, false)
+    }
+
+    /// `msg`: its client side asks with the _MSG procedures.
+    fn with_style(ip: &str, store: MemHostStore, t0: Instant, msg: bool) -> Host {
         let cfg = NlmConfig {
             our_name: ip.as_bytes().to_vec(),
             grace_ms: 30_000,
@@ -69,6 +76,7 @@ impl Host {
             client: ClientConfig {
                 our_name: ip.as_bytes().to_vec(),
                 resend_blocked_ms: 5_000,
+                msg,
                 ..ClientConfig::default()
             },
             ..NlmConfig::default()
@@ -85,6 +93,7 @@ impl Host {
             events: vec![],
             deaf: false,
             down: false,
+            deaf_to_res: false,
             sent: 0,
             monitor_refuses: false,
         }
@@ -162,7 +171,10 @@ impl Net {
                     } = a
                     {
                         let j = self.idx(to);
-                        let r = if self.hosts[j].deaf && proc_ == GRANTED {
+                        let res = (TEST_RES..=UNLOCK_RES).contains(&proc_);
+                        let r = if self.hosts[j].deaf && proc_ == GRANTED
+                            || self.hosts[j].deaf_to_res && res
+                        {
                             None
                         } else {
                             self.rpc(i, j, vers, proc_, &args)
@@ -802,4 +814,74 @@ fn a_closed_connection_unlocks_whole_files_at_once_and_again_later() {
     assert_eq!(count(&n), 1);
     n.advance(15_000);
     assert_eq!(count(&n), 0, "unlocked again later");
+}
+
+/// The client side asking with the asynchronous procedures: LOCK_MSG and
+/// the others, answered by _RES calls to our NLM port, a blocked lock
+/// granted by GRANTED_MSG; an answer that never comes is a failure, and
+/// what it may have taken is undone.
+#[test]
+fn the_client_side_speaks_the_msg_procedures() {
+    let mut n = Net::new(3);
+    n.hosts[1] = Host::with_style("10.0.0.2", MemHostStore::default(), n.t0, true);
+    n.remote(2, 2, 1, ClientOp::Lock { wait: false }, 0, 0, 10, true);
+    n.events(2);
+    n.remote(1, 1, 1, ClientOp::Test, 0, 0, 10, true);
+    n.remote(1, 1, 2, ClientOp::Lock { wait: false }, 0, 20, 10, true);
+    n.remote(1, 1, 3, ClientOp::Lock { wait: true }, 0, 0, 10, true);
+    let ev = n.events(1);
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [
+                (
+                    1,
+                    LocalEvent::Reply {
+                        req: 1,
+                        outcome: Outcome::Denied(Some(_))
+                    }
+                ),
+                (
+                    1,
+                    LocalEvent::Reply {
+                        req: 2,
+                        outcome: Outcome::Granted
+                    }
+                ),
+                (
+                    1,
+                    LocalEvent::Reply {
+                        req: 3,
+                        outcome: Outcome::Blocked
+                    }
+                ),
+            ]
+        ),
+        "{ev:?}"
+    );
+    n.remote(2, 2, 2, ClientOp::Unlock, 0, 0, 10, true);
+    n.events(2);
+    assert_eq!(n.events(1), vec![(1, LocalEvent::Granted { req: 3 })]);
+    n.remote(1, 1, 4, ClientOp::Unlock, 0, 0, 30, true);
+    assert_eq!(n.events(1), vec![(1, reply(4, Outcome::Granted))]);
+    // The server answers _MSG calls but its _RES calls are lost: the LOCK
+    // fails after a while, and what it took is given back.
+    n.hosts[1].deaf_to_res = true;
+    n.remote(1, 1, 5, ClientOp::Lock { wait: false }, 0, 40, 5, true);
+    assert!(n.events(1).is_empty());
+    n.advance(5_100);
+    assert!(matches!(
+        n.events(1).as_slice(),
+        [(
+            1,
+            LocalEvent::Reply {
+                req: 5,
+                outcome: Outcome::Failed(_)
+            }
+        )]
+    ));
+    n.hosts[1].deaf_to_res = false;
+    n.advance(100);
+    n.remote(2, 2, 3, ClientOp::Lock { wait: false }, 0, 40, 5, true);
+    assert_eq!(n.events(2), vec![(2, reply(3, Outcome::Granted))], "undone");
 }

@@ -5,7 +5,9 @@
 //! sim --seed S [--trace] [--pcap FILE]   one seed, replayed exactly
 //! --lenient-reclaim   checker 5 tolerates reclaims of whole requests
 //! --without K[,K..]   leave out these fault kinds (loss, dup, delay,
-//!                     partitions, client_crash, server_crash, disk)
+//!                     partitions, client_crash, server_crash, disk, msg:
+//!                     client hosts asking with the _MSG procedures)
+//! --msg               every client host asks with the _MSG procedures
 //! ```
 //! Prints every failing seed with a one-line reason, and at the end the
 //! seeds run, the simulated hours and the faults exercised.
@@ -21,6 +23,7 @@ struct Args {
     pcap: Option<std::path::PathBuf>,
     lenient_reclaim: bool,
     without: Vec<String>,
+    msg: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -32,6 +35,7 @@ fn parse() -> Result<Args, String> {
         pcap: None,
         lenient_reclaim: false,
         without: Vec::new(),
+        msg: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, what: &str| -> Result<u64, String> {
@@ -49,6 +53,7 @@ fn parse() -> Result<Args, String> {
             "--seeds" => a.seeds = num(it.next(), "--seeds")?,
             "--start" => a.start = Some(num(it.next(), "--start")?),
             "--trace" => a.trace = true,
+            "--msg" => a.msg = true,
             "--lenient-reclaim" => a.lenient_reclaim = true,
             "--without" => {
                 let v = it.next().ok_or("--without wants fault kinds")?;
@@ -65,7 +70,7 @@ fn parse() -> Result<Args, String> {
             "--pcap" => a.pcap = Some(it.next().ok_or("--pcap wants a file")?.into()),
             "-h" | "--help" => {
                 return Err(
-                    "usage: sim [--seeds N [--start S]] [--seed S [--trace] [--pcap FILE]] [--lenient-reclaim] [--without K,..]".into(),
+                    "usage: sim [--seeds N [--start S]] [--seed S [--trace] [--pcap FILE]] [--lenient-reclaim] [--without K,..] [--msg]".into(),
                 )
             }
             other => return Err(format!("unknown argument {other}")),
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
             length: 1.0,
             lenient_reclaim: args.lenient_reclaim,
             without: args.without.clone(),
+            all_msg: args.msg,
         };
         ran += 1;
         match latch_sim::run(&opts) {

@@ -55,8 +55,11 @@ pub struct Options {
     pub lenient_reclaim: bool,
     /// Fault kinds this run leaves out whatever the seed picks (`loss`,
     /// `dup`, `delay`, `partitions`, `client_crash`, `server_crash`,
-    /// `disk`): narrows a failing seed down to the faults it needs.
+    /// `disk`; and `msg`, the `_MSG` style of some client hosts): narrows
+    /// a failing seed down to the faults it needs.
     pub without: Vec<String>,
+    /// Every client host uses the `_MSG` procedures.
+    pub all_msg: bool,
 }
 
 impl Options {
@@ -68,6 +71,7 @@ impl Options {
             length: 1.0,
             lenient_reclaim: false,
             without: Vec::new(),
+            all_msg: false,
         }
     }
 }
@@ -83,6 +87,11 @@ pub struct Faults {
     pub client_crash: bool,
     pub server_crash: bool,
     pub disk: bool,
+    /// Client hosts (bit i: client host i + 1) whose client side asks with
+    /// the asynchronous `_MSG` procedures. Not a fault, but a kind of the
+    /// swarm all the same (`msg`), drawn from the seed without touching
+    /// its generator, so every other choice of a seed stays what it was.
+    pub msg_hosts: u64,
 }
 
 impl Faults {
@@ -97,13 +106,14 @@ impl Faults {
                 "client_crash" => self.client_crash = false,
                 "server_crash" => self.server_crash = false,
                 "disk" => self.disk = false,
+                "msg" => self.msg_hosts = 0,
                 _ => {}
             }
         }
     }
 
     /// The names [`Options::without`] accepts.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "loss",
         "dup",
         "delay",
@@ -111,7 +121,21 @@ impl Faults {
         "client_crash",
         "server_crash",
         "disk",
+        "msg",
     ];
+
+    /// Half the seeds have `_MSG` hosts, each client host with even odds.
+    fn msg_hosts(seed: u64) -> u64 {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15) ^ 0x6d73_675f_7374_796c;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if z & 1 == 0 {
+            0
+        } else {
+            (z >> 8) & 0xff
+        }
+    }
 
     fn swarm(rng: &mut Rng) -> Faults {
         let mut f = Faults::default();
@@ -418,6 +442,10 @@ impl World {
     pub fn new(opts: &Options) -> World {
         let mut rng = Rng::new(opts.seed);
         let mut faults = Faults::swarm(&mut rng);
+        faults.msg_hosts = Faults::msg_hosts(opts.seed);
+        if opts.all_msg {
+            faults.msg_hosts = u64::MAX;
+        }
         faults.remove(&opts.without);
         let clients = rng.range(2, 4) as usize;
         let nfiles = rng.range(1, 3) as usize;
@@ -605,6 +633,7 @@ impl World {
             our_name: name.clone(),
             client: ClientConfig {
                 our_name: name.clone(),
+                msg: h != SERVER && self.faults.msg_hosts >> (h - 1) & 1 == 1,
                 ..ClientConfig::default()
             },
             ..NlmConfig::default()
