@@ -61,18 +61,17 @@ trait Dir: Default {
 /// down splits or merges, cost little next to the chunk work.
 #[derive(Default)]
 struct Flat {
-    keys: Vec<u64>,
-    ids: Vec<u32>,
+    e: Vec<(u64, u32)>,
 }
 
 impl Flat {
     /// How many keys are `<= key`.
     fn rank(&self, key: u64) -> usize {
-        self.keys.partition_point(|&k| k <= key)
+        self.e.partition_point(|x| x.0 <= key)
     }
 
     fn at(&self, i: usize) -> Option<(u64, u32)> {
-        Some((*self.keys.get(i)?, *self.ids.get(i)?))
+        self.e.get(i).copied()
     }
 }
 
@@ -87,28 +86,24 @@ impl Dir for Flat {
         self.at(self.rank(key))
     }
     fn insert(&mut self, key: u64, v: u32) {
-        let i = self.keys.partition_point(|&k| k < key);
-        if self.keys.get(i) == Some(&key) {
-            self.ids[i] = v;
-        } else {
-            self.keys.insert(i, key);
-            self.ids.insert(i, v);
+        let i = self.e.partition_point(|x| x.0 < key);
+        match self.e.get_mut(i) {
+            Some(x) if x.0 == key => x.1 = v,
+            _ => self.e.insert(i, (key, v)),
         }
     }
     fn remove(&mut self, key: u64) -> Option<u32> {
-        let i = self.keys.partition_point(|&k| k < key);
-        if self.keys.get(i) != Some(&key) {
+        let i = self.e.partition_point(|x| x.0 < key);
+        if self.e.get(i)?.0 != key {
             return None;
         }
-        self.keys.remove(i);
-        Some(self.ids.remove(i))
+        Some(self.e.remove(i).1)
     }
     fn clear(&mut self) {
-        self.keys.clear();
-        self.ids.clear();
+        self.e.clear();
     }
     fn bytes(&self) -> usize {
-        self.keys.capacity() * 8 + self.ids.capacity() * 4
+        self.e.capacity() * std::mem::size_of::<(u64, u32)>()
     }
 }
 
@@ -189,6 +184,12 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
                 id
             }
             None => {
+                if self.chunks.capacity() == 0 {
+                    // One chunk to begin with, not the four a first push
+                    // reserves: most files hold a few locks, and a single
+                    // chunk is a small allocation, a four-chunk one is not.
+                    self.chunks.reserve_exact(1);
+                }
                 self.chunks.push(Chunk::new());
                 // Chunk counts stay far below 2^32: a chunk holds entries
                 // the engine's bounds already limit.
