@@ -7,22 +7,27 @@
 //! the memory hierarchy: sorted chunks of up to [`SEG_CAP`] segments, each
 //! (start, end, owner, the owner's key) side by side, found through a
 //! directory of the chunks' lower fences which is itself chunked the same
-//! way, twice, under a small sorted array. The directory is 16 bytes per 8
-//! to 16 segments (a megabyte at a million locks, mostly in cache), and a probe then reads one chunk: one round trip to
-//! memory (every line of the chunk fetched at once) where a treap or a
-//! B-tree of small nodes pays one per level. The answer to a conflict
-//! question, the holder's range and key included, is in the lines already
-//! loaded: it needs no lookup in the owner table, another trip to memory.
+//! way, twice, under a small B-tree. The directory is 16 bytes per 8 to 16
+//! segments (a megabyte at a million locks, mostly in cache), and a probe
+//! then reads one chunk: one round trip to memory (every line of the chunk
+//! fetched at once) where a treap or a B-tree of small nodes pays one per
+//! level. The answer to a conflict question, the holder's range and key
+//! included, is in the lines already loaded: it needs no lookup in the
+//! owner table, which would be another trip to memory.
 //!
-//! Cost: insert, remove and a probe are O([`SEG_CAP`] + [`DIR_CAP`]) per
-//! level, plus a binary search of the top array, whose O(len) insert and
-//! remove happen once per 256 or more chunk splits and merges and move
-//! one entry per 8192 or so segments (see [`Flat`]).
+//! Cost: insert, remove and a probe are O(log n) in the B-tree plus
+//! O([`SEG_CAP`]) or O([`DIR_CAP`]) in each of the chunks on the way.
+
+use std::collections::BTreeMap;
 
 use crate::owner::Who;
 use crate::types::OwnerId;
 
-/// Entries per chunk of the directory (a fence and a chunk id each).
+/// Entries per chunk of the directory level over the segment chunks (a
+/// fence and a chunk id each): the level a probe at a million locks finds
+/// in L2 or L3 rather than L1, so a probe reads four of its lines.
+const FENCE_CAP: usize = 16;
+/// Entries per chunk of the level above it, which stays in L1 or L2.
 const DIR_CAP: usize = 32;
 /// Segments per chunk: each is 56 bytes with its owner's key, and a probe
 /// fetches every line of its chunk at once, about as many as a core keeps
@@ -53,57 +58,29 @@ trait Dir: Default {
     fn bytes(&self) -> usize;
 }
 
-/// The top of a directory: a sorted array searched by halving. It holds
-/// one entry per chunk of the level under it, which is itself a directory
-/// of chunks, so it stays small (n / 8192 entries for n segments in full
-/// chunks, n / 128 at worst at the lowest fill the merges allow) and its
-/// O(len) insert and remove, which happen only when a chunk two levels
-/// down splits or merges, cost little next to the chunk work.
-#[derive(Default)]
-struct Flat {
-    e: Vec<(u64, u32)>,
-}
-
-impl Flat {
-    /// How many keys are `<= key`.
-    fn rank(&self, key: u64) -> usize {
-        self.e.partition_point(|x| x.0 <= key)
-    }
-
-    fn at(&self, i: usize) -> Option<(u64, u32)> {
-        self.e.get(i).copied()
-    }
-}
-
-impl Dir for Flat {
+impl Dir for BTreeMap<u64, u32> {
     fn pred(&self, key: u64) -> Option<(u64, u32)> {
-        self.at(self.rank(key).checked_sub(1)?)
+        self.range(..=key).next_back().map(|(&k, &v)| (k, v))
     }
     fn pred_below(&self, key: u64) -> Option<(u64, u32)> {
-        self.pred(key.checked_sub(1)?)
+        self.range(..key).next_back().map(|(&k, &v)| (k, v))
     }
     fn succ_above(&self, key: u64) -> Option<(u64, u32)> {
-        self.at(self.rank(key))
+        let from = key.checked_add(1)?;
+        self.range(from..).next().map(|(&k, &v)| (k, v))
     }
     fn insert(&mut self, key: u64, v: u32) {
-        let i = self.e.partition_point(|x| x.0 < key);
-        match self.e.get_mut(i) {
-            Some(x) if x.0 == key => x.1 = v,
-            _ => self.e.insert(i, (key, v)),
-        }
+        BTreeMap::insert(self, key, v);
     }
     fn remove(&mut self, key: u64) -> Option<u32> {
-        let i = self.e.partition_point(|x| x.0 < key);
-        if self.e.get(i)?.0 != key {
-            return None;
-        }
-        Some(self.e.remove(i).1)
+        BTreeMap::remove(self, &key)
     }
     fn clear(&mut self) {
-        self.e.clear();
+        BTreeMap::clear(self);
     }
     fn bytes(&self) -> usize {
-        self.e.capacity() * std::mem::size_of::<(u64, u32)>()
+        // Leaf nodes of 11 twelve-byte entries, two thirds full on average.
+        self.len() * 20
     }
 }
 
@@ -384,7 +361,7 @@ impl Default for Tail {
     }
 }
 
-type Segs = Level<Tail, Level<u32, Level<u32, Flat, DIR_CAP>, DIR_CAP>, SEG_CAP>;
+type Segs = Level<Tail, Level<u32, Level<u32, BTreeMap<u64, u32>, DIR_CAP>, FENCE_CAP>, SEG_CAP>;
 
 #[derive(Default)]
 pub(crate) struct ExclIndex {
