@@ -248,7 +248,8 @@ impl Engine {
         let f = self.file(fid);
         // The exclusive segment a conflict search looks at first: when it
         // is someone else's (told by its key, without looking the asker
-        // up among every owner), it is the answer the search would give.
+        // up among every owner), it is the answer the search would give,
+        // in either mode.
         if let Some((seg, who)) = f.excl.first_candidate(range.start(), range.end()) {
             if who.is(owner) == Some(false) {
                 if let Some(o) = who.owner() {

@@ -86,8 +86,8 @@ impl Who {
         })
     }
 
-    /// Whether this is `o`; `None` if the handle is not inline (ask
-    /// [`Owners::is`]).
+    /// Whether this is `o`; `None` if the handle is not inline (then only
+    /// the owner table can tell).
     pub fn is(&self, o: &Owner) -> Option<bool> {
         let h = self.inline()?;
         Some(self.host == o.host.0 && self.svid == o.svid && *h == *o.handle)
