@@ -245,13 +245,26 @@ impl Engine {
         let Some(&fid) = self.file_ids.get(file) else {
             return TestAnswer::Free;
         };
+        let f = self.file(fid);
+        // The exclusive segment a conflict search looks at first: when it
+        // is someone else's (told by its key, without looking the asker
+        // up among every owner), it is the answer the search would give,
+        // in either mode.
+        if let Some((seg, who)) = f.excl.first_candidate(range.start(), range.end()) {
+            if who.is(owner) == Some(false) {
+                if let Some(o) = who.owner() {
+                    return TestAnswer::Conflict(Holder {
+                        owner: o,
+                        mode: Mode::Exclusive,
+                        range: Range::new(seg.start, seg.end).unwrap_or(Range::ALL),
+                    });
+                }
+            }
+        }
         // An owner the engine does not know holds nothing, so every holder
         // is "another owner"; no interned id equals u32::MAX.
         let oid = self.owners.lookup(owner).unwrap_or(OwnerId(u32::MAX));
-        match self
-            .file(fid)
-            .holder_conflict(oid, range, mode == Mode::Exclusive)
-        {
+        match f.holder_conflict(oid, range, mode == Mode::Exclusive) {
             Some(seg) => TestAnswer::Conflict(self.describe(seg)),
             None => TestAnswer::Free,
         }
@@ -340,7 +353,8 @@ impl Engine {
             };
             for fid in files {
                 let plan = self.file(fid).plan_unlock(oid, Range::ALL);
-                self.file_mut(fid).apply(oid, &plan);
+                let who = self.owners.who(oid);
+                self.file_mut(fid).apply(oid, who, &plan);
                 self.count(fid, oid, plan.delta());
                 if let Some(o) = self.owners.get_mut(oid) {
                     o.segs = o.segs.saturating_add_signed(plan.delta());
@@ -478,7 +492,8 @@ impl Engine {
         plan: &Plan,
         events: &mut Vec<Event>,
     ) {
-        self.file_mut(fid).apply(oid, plan);
+        let who = self.owners.who(oid);
+        self.file_mut(fid).apply(oid, who, plan);
         let delta = plan.delta();
         self.count(fid, oid, delta);
         if let Some(o) = self.owners.get_mut(oid) {

@@ -4,28 +4,35 @@
 //! owner's lock, and one owner's segments never overlap), so their ends are
 //! sorted as well and the ones overlapping a range are one run. That needs
 //! no interval tree, only an ordered index, and the index is laid out for
-//! the memory hierarchy: sorted chunks of up to [`CAP`] segments, each
-//! (start, end, owner) side by side, found through a directory of the
-//! chunks' lower fences which is itself chunked the same way under a small
-//! B-tree. The directory is about 12 bytes per 16 to 32 segments in one
-//! arena, so it stays in cache (and in the TLB) at a million locks, and a
-//! probe then reads one chunk: one round trip to memory where a treap or a
-//! B-tree of small nodes pays one per level, with the end and owner of the
-//! answer in the lines already loaded.
+//! the memory hierarchy: sorted chunks of up to [`SEG_CAP`] segments, each
+//! (start, end, owner, the owner's key) side by side, found through a
+//! directory of the chunks' lower fences which is itself chunked the same
+//! way, twice, under a small B-tree. The directory is 16 bytes per 8 to 16
+//! segments (a megabyte at a million locks, mostly in cache), and a probe
+//! then reads one chunk: one round trip to memory (every line of the chunk
+//! fetched at once) where a treap or a B-tree of small nodes pays one per
+//! level. The answer to a conflict question, the holder's range and key
+//! included, is in the lines already loaded: it needs no lookup in the
+//! owner table, which would be another trip to memory.
 //!
 //! Cost: insert, remove and a probe are O(log n) in the B-tree plus
-//! O([`CAP`]) in each of two chunks.
+//! O([`SEG_CAP`]) or O([`DIR_CAP`]) in each of the chunks on the way.
 
 use std::collections::BTreeMap;
 
+use crate::owner::Who;
 use crate::types::OwnerId;
 
-/// Entries per chunk.
-const CAP: usize = 32;
-/// A chunk this small after a removal is merged into a neighbour when the
-/// two fit in half a chunk together, so chunks hold CAP/8 entries or more
-/// on average and a directory has O(n / CAP) entries.
-const LOW: usize = CAP / 4;
+/// Entries per chunk of the directory level over the segment chunks (a
+/// fence and a chunk id each): the level a probe at a million locks finds
+/// in L2 or L3 rather than L1, so a probe reads four of its lines.
+const FENCE_CAP: usize = 16;
+/// Entries per chunk of the level above it, which stays in L1 or L2.
+const DIR_CAP: usize = 32;
+/// Segments per chunk: each is 56 bytes with its owner's key, and a probe
+/// fetches every line of its chunk at once, about as many as a core keeps
+/// in flight.
+const SEG_CAP: usize = 16;
 
 /// A held segment as the conflict questions report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,13 +85,13 @@ impl Dir for BTreeMap<u64, u32> {
 }
 
 #[derive(Clone, Copy)]
-struct Chunk<V> {
+struct Chunk<V, const CAP: usize> {
     len: usize,
     e: [(u64, V); CAP],
 }
 
-impl<V: Copy + Default> Chunk<V> {
-    fn new() -> Chunk<V> {
+impl<V: Copy + Default, const CAP: usize> Chunk<V, CAP> {
+    fn new() -> Chunk<V, CAP> {
         Chunk {
             len: 0,
             e: [(0, V::default()); CAP],
@@ -124,15 +131,18 @@ impl<V: Copy + Default> Chunk<V> {
 /// directory `D`. Invariants: the lowest fence is 0 (every key has a
 /// chunk); a chunk's keys lie at or above its fence and below the next
 /// fence, in order; no chunk is empty unless the map is (then there are no
-/// chunks).
-struct Level<V, D> {
+/// chunks). A chunk this small after a removal, `CAP / 4`, is merged into a
+/// neighbour when the two fit in half a chunk together, so chunks hold
+/// `CAP / 8` entries or more on average and a directory has O(n / CAP)
+/// entries.
+struct Level<V, D, const CAP: usize> {
     dir: D,
-    chunks: Vec<Chunk<V>>,
+    chunks: Vec<Chunk<V, CAP>>,
     free: Vec<u32>,
     len: usize,
 }
 
-impl<V, D: Default> Default for Level<V, D> {
+impl<V, D: Default, const CAP: usize> Default for Level<V, D, CAP> {
     fn default() -> Self {
         Level {
             dir: D::default(),
@@ -143,7 +153,7 @@ impl<V, D: Default> Default for Level<V, D> {
     }
 }
 
-impl<V: Copy + Default, D: Dir> Level<V, D> {
+impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
     fn alloc(&mut self) -> u32 {
         match self.free.pop() {
             Some(id) => {
@@ -151,6 +161,12 @@ impl<V: Copy + Default, D: Dir> Level<V, D> {
                 id
             }
             None => {
+                if self.chunks.capacity() == 0 {
+                    // One chunk to begin with, not the four a first push
+                    // reserves: most files hold a few locks, and a single
+                    // chunk is a small allocation, a four-chunk one is not.
+                    self.chunks.reserve_exact(1);
+                }
                 self.chunks.push(Chunk::new());
                 // Chunk counts stay far below 2^32: a chunk holds entries
                 // the engine's bounds already limit.
@@ -159,16 +175,16 @@ impl<V: Copy + Default, D: Dir> Level<V, D> {
         }
     }
 
-    fn chunk(&self, id: u32) -> &Chunk<V> {
+    fn chunk(&self, id: u32) -> &Chunk<V, CAP> {
         &self.chunks[id as usize]
     }
 
-    fn chunk_mut(&mut self, id: u32) -> &mut Chunk<V> {
+    fn chunk_mut(&mut self, id: u32) -> &mut Chunk<V, CAP> {
         &mut self.chunks[id as usize]
     }
 
     fn bytes(&self) -> usize {
-        self.chunks.capacity() * std::mem::size_of::<Chunk<V>>() + self.dir.bytes()
+        self.chunks.capacity() * std::mem::size_of::<Chunk<V, CAP>>() + self.dir.bytes()
     }
 
     /// Adds an entry; the key must not be present.
@@ -222,7 +238,7 @@ impl<V: Copy + Default, D: Dir> Level<V, D> {
         }
         let v = self.chunk_mut(id).remove_at(i - 1);
         self.len -= 1;
-        if self.chunk(id).len < LOW {
+        if self.chunk(id).len < CAP / 4 {
             self.rebalance(fence, id);
         }
         Some(v)
@@ -299,7 +315,7 @@ impl<V: Copy + Default, D: Dir> Level<V, D> {
 }
 
 /// A directory that is itself chunked: the fences of the segment chunks.
-impl<D: Dir> Dir for Level<u32, D> {
+impl<D: Dir, const CAP: usize> Dir for Level<u32, D, CAP> {
     fn pred(&self, key: u64) -> Option<(u64, u32)> {
         self.pred_entry(key)
     }
@@ -326,11 +342,13 @@ impl<D: Dir> Dir for Level<u32, D> {
     }
 }
 
-/// End and owner of a segment, beside its start in a chunk.
+/// End and owner of a segment, beside its start in a chunk, with the
+/// owner's key: a conflict answer needs nothing else.
 #[derive(Clone, Copy)]
 struct Tail {
     end: u64,
     owner: OwnerId,
+    who: Who,
 }
 
 impl Default for Tail {
@@ -338,11 +356,12 @@ impl Default for Tail {
         Tail {
             end: 0,
             owner: OwnerId(0),
+            who: Who::default(),
         }
     }
 }
 
-type Segs = Level<Tail, Level<u32, BTreeMap<u64, u32>>>;
+type Segs = Level<Tail, Level<u32, Level<u32, BTreeMap<u64, u32>, DIR_CAP>, FENCE_CAP>, SEG_CAP>;
 
 #[derive(Default)]
 pub(crate) struct ExclIndex {
@@ -363,7 +382,7 @@ fn seg(x: (u64, Tail)) -> Seg {
 /// over (a segment starts past `e`, or `f` said stop), `None` if the chunk
 /// ran out first.
 fn scan(
-    c: &Chunk<Tail>,
+    c: &Chunk<Tail, SEG_CAP>,
     i: usize,
     s: u64,
     e: u64,
@@ -392,8 +411,9 @@ impl ExclIndex {
     }
 
     /// Adds a segment; it must not overlap any segment already here.
-    pub fn insert(&mut self, start: u64, end: u64, owner: OwnerId) {
-        self.segs.put(start, Tail { end, owner });
+    /// `who` is the key of `owner`.
+    pub fn insert(&mut self, start: u64, end: u64, owner: OwnerId, who: Who) {
+        self.segs.put(start, Tail { end, owner, who });
     }
 
     /// Removes the segment starting at `start`; `false` if there is none.
@@ -431,6 +451,19 @@ impl ExclIndex {
             at = next;
         }
         true
+    }
+
+    /// The segment [`ExclIndex::other_than`] looks at first, when it lies
+    /// in the chunk holding `e`: the last one starting at or before `e`, if
+    /// it reaches `s`; with its owner's key, so that a caller can tell the
+    /// owner apart from the asker without looking the asker up.
+    pub fn first_candidate(&self, s: u64, e: u64) -> Option<(Seg, Who)> {
+        let l = &self.segs;
+        let (_, id) = l.dir.pred(e)?;
+        let c = l.chunk(id);
+        let i = c.rank(e).checked_sub(1)?;
+        let x = c.e[i];
+        (x.1.end >= s).then(|| (seg(x), x.1.who))
     }
 
     /// A segment overlapping `[s, e]` held by someone other than `owner`.
@@ -524,7 +557,7 @@ mod tests {
         let n = 97u64;
         for j in 0..n {
             let k = (j * 37) % n;
-            x.insert(4 * k, 4 * k + 1, OwnerId(k as u32));
+            x.insert(4 * k, 4 * k + 1, OwnerId(k as u32), Who::default());
             model.insert(4 * k, 4 * k + 1);
             if j % 7 == 0 {
                 check(&x, &model);
@@ -540,7 +573,7 @@ mod tests {
         }
         assert!(x.segs.chunks.is_empty() && x.segs.dir.chunks.is_empty());
         for k in 0..200u64 {
-            x.insert(2 * k, 2 * k, OwnerId(0));
+            x.insert(2 * k, 2 * k, OwnerId(0), Who::default());
             model.insert(2 * k, 2 * k);
         }
         check(&x, &model);
@@ -562,11 +595,12 @@ mod tests {
         let n = 20_011u64;
         for j in 0..n {
             let k = (j * 7919) % n;
-            x.insert(3 * k, 3 * k + 1, OwnerId(k as u32));
+            x.insert(3 * k, 3 * k + 1, OwnerId(k as u32), Who::default());
             model.insert(3 * k, 3 * k + 1);
         }
         check(&x, &model);
         assert!(x.segs.dir.chunks.len() > 4);
+        assert!(x.segs.dir.dir.chunks.len() > 1);
         for j in 0..n - 50 {
             let k = (j * 104_729 + 5) % n;
             assert!(x.remove(3 * k));

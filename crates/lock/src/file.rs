@@ -3,6 +3,7 @@
 //! segments.
 
 use crate::excl::{ExclIndex, Seg};
+use crate::owner::Who;
 use crate::tree::{Filter, Tree};
 use crate::types::{FileKey, LeaseKind, OwnerId, Range, RequestId, Share};
 
@@ -204,7 +205,8 @@ impl FileState {
         plan
     }
 
-    pub fn apply(&mut self, owner: OwnerId, plan: &Plan) {
+    /// `who` is the key of `owner`, kept beside its exclusive segments.
+    pub fn apply(&mut self, owner: OwnerId, who: Who, plan: &Plan) {
         for &slot in &plan.remove {
             let n = self.holders.get(slot);
             if n.excl {
@@ -215,7 +217,7 @@ impl FileState {
         for &(s, e, x) in &plan.add {
             self.holders.insert(s, e, owner, x, ());
             if x {
-                self.excl.insert(s, e, owner);
+                self.excl.insert(s, e, owner, who);
             }
         }
     }

@@ -29,13 +29,11 @@ pub(crate) struct HostEntry {
     pub entries: usize,
 }
 
-/// An owner's key in one aligned half cache line, the handle inline when it
-/// is short (as Linux and BSD clients' are). Conflict answers name the
-/// holder; with the key here that costs one cache miss at a million owners
-/// instead of two (slab entry, then the handle's own allocation).
-#[derive(Clone, Copy)]
-#[repr(C, align(32))]
-struct ShortKey {
+/// An owner's key in 32 bytes, the handle inline when it is short (as
+/// Linux and BSD clients' are). Conflict answers name the holder; with the
+/// key here beside what they found, that costs no lookup of the owner.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Who {
     host: u64,
     svid: u32,
     /// Handle length, or [`LONG`] when the handle is only in the slab.
@@ -46,16 +44,22 @@ struct ShortKey {
 const INLINE: usize = 19;
 const LONG: u8 = u8::MAX;
 
-impl ShortKey {
-    const GONE: ShortKey = ShortKey {
+impl Default for Who {
+    fn default() -> Self {
+        Who::GONE
+    }
+}
+
+impl Who {
+    const GONE: Who = Who {
         host: 0,
         svid: 0,
         len: LONG,
         handle: [0; INLINE],
     };
 
-    fn of(o: &Owner) -> ShortKey {
-        let mut k = ShortKey {
+    fn of(o: &Owner) -> Who {
+        let mut k = Who {
             host: o.host.0,
             svid: o.svid,
             len: LONG,
@@ -67,7 +71,33 @@ impl ShortKey {
         }
         k
     }
+
+    fn inline(&self) -> Option<&[u8]> {
+        self.handle.get(..usize::from(self.len))
+    }
+
+    /// The owner's key, unless its handle is too long to be inline.
+    pub fn owner(&self) -> Option<Owner> {
+        let h = self.inline()?;
+        Some(Owner {
+            host: HostId(self.host),
+            svid: self.svid,
+            handle: h.into(),
+        })
+    }
+
+    /// Whether this is `o`; `None` if the handle is not inline (then only
+    /// the owner table can tell).
+    pub fn is(&self, o: &Owner) -> Option<bool> {
+        let h = self.inline()?;
+        Some(self.host == o.host.0 && self.svid == o.svid && *h == *o.handle)
+    }
 }
+
+/// A [`Who`] in one aligned half cache line, for the owner table.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct ShortKey(Who);
 
 #[derive(Default)]
 pub(crate) struct Owners {
@@ -94,7 +124,7 @@ impl Owners {
             segs: 0,
             waiters: Vec::new(),
         };
-        let short = ShortKey::of(owner);
+        let short = ShortKey(Who::of(owner));
         let id = match self.free.pop() {
             Some(i) => {
                 self.slab[i as usize] = Some(entry);
@@ -122,19 +152,18 @@ impl Owners {
 
     /// The owner's key; owners referenced from the lock tables always exist.
     pub fn key(&self, id: OwnerId) -> Owner {
-        if let Some(k) = self.short.get(id.0 as usize) {
-            if let Some(h) = k.handle.get(..usize::from(k.len)) {
-                return Owner {
-                    host: HostId(k.host),
-                    svid: k.svid,
-                    handle: h.into(),
-                };
-            }
+        if let Some(o) = self.who(id).owner() {
+            return o;
         }
         match self.get(id) {
             Some(e) => e.key.clone(),
             None => Owner::new(HostId(u64::MAX), u32::MAX, b"<gone>"),
         }
+    }
+
+    /// The owner's compact key, to keep beside its segments.
+    pub fn who(&self, id: OwnerId) -> Who {
+        self.short.get(id.0 as usize).map_or(Who::GONE, |k| k.0)
     }
 
     pub fn host_of(&self, id: OwnerId) -> Option<HostId> {
@@ -173,7 +202,7 @@ impl Owners {
             return;
         }
         if let Some(e) = self.slab[id.0 as usize].take() {
-            self.short[id.0 as usize] = ShortKey::GONE;
+            self.short[id.0 as usize] = ShortKey(Who::GONE);
             self.map.remove(&e.key);
             if let Some(h) = self.hosts.get_mut(&e.key.host) {
                 h.owners.remove(&id);

@@ -69,7 +69,8 @@ impl Engine {
         let (oid, excl, id) = (n.owner, n.excl, n.payload.id);
         let r = self.remove_waiter(fid, slot);
         let plan = self.file(fid).plan_lock(oid, r, excl);
-        self.file_mut(fid).apply(oid, &plan);
+        let who = self.owners.who(oid);
+        self.file_mut(fid).apply(oid, who, &plan);
         let delta = plan.delta();
         self.count(fid, oid, delta);
         if let Some(o) = self.owners.get_mut(oid) {

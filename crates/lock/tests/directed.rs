@@ -240,6 +240,81 @@ fn test_reports_a_holder() {
     assert_eq!(e.test(&fk(), &own(1), rg(0, 99), X), TestAnswer::Free);
 }
 
+/// TEST names an exclusive holder from the key kept beside its segment:
+/// short and long handles (the latter only in the owner table), owners that
+/// differ only in host, svid or handle, and an asker whose own segment is
+/// the one found first.
+#[test]
+fn test_names_exclusive_holders_by_key() {
+    let mut e = Engine::new(Limits::default());
+    let f = fk();
+    let long = vec![b'h'; 200];
+    let owners = [
+        Owner::new(HostId(7), 1, b"oh"),
+        Owner::new(HostId(8), 1, b"oh"),
+        Owner::new(HostId(7), 2, b"oh"),
+        Owner::new(HostId(7), 1, b"oh2"),
+        Owner::new(HostId(7), 1, &long),
+        Owner::new(HostId(7), 1, &long[..19]),
+        Owner::new(HostId(7), 1, &long[..20]),
+        Owner::new(HostId(7), 1, b""),
+    ];
+    for (i, o) in owners.iter().enumerate() {
+        let r = rg(10 * i as u64, 10 * i as u64 + 4);
+        let req = LockRequest {
+            file: &f,
+            owner: o,
+            range: r,
+            mode: X,
+            block: false,
+            reclaim: false,
+            id: None,
+        };
+        assert_eq!(e.lock(&req, 0).unwrap().answer, LockAnswer::Granted);
+    }
+    for (i, asker) in owners.iter().enumerate() {
+        for (j, holder) in owners.iter().enumerate() {
+            let at = 10 * j as u64;
+            let got = e.test(&f, asker, rg(at + 2, at + 2), S);
+            if i == j {
+                assert_eq!(got, TestAnswer::Free, "{i} asks about itself");
+            } else {
+                let want = TestAnswer::Conflict(latch_lock::Holder {
+                    owner: holder.clone(),
+                    mode: X,
+                    range: rg(at, at + 4),
+                });
+                assert_eq!(got, want, "{i} asks about {j}");
+            }
+        }
+        // Its own segment is the one found first; another's before it.
+        let mine = 10 * i as u64;
+        match e.test(&f, asker, rg(mine.saturating_sub(6), mine + 2), X) {
+            TestAnswer::Conflict(h) if i > 0 => {
+                assert_eq!(h.owner, owners[i - 1]);
+                assert_eq!(h.range, rg(mine - 10, mine - 6));
+            }
+            TestAnswer::Free if i == 0 => {}
+            other => panic!("{i}: {other:?}"),
+        }
+        // And after it.
+        match e.test(&f, asker, rg(mine, mine + 14), X) {
+            TestAnswer::Conflict(h) if i + 1 < owners.len() => {
+                assert_eq!(h.owner, owners[i + 1]);
+                assert_eq!(h.range, rg(mine + 10, mine + 14));
+            }
+            TestAnswer::Free if i + 1 == owners.len() => {}
+            other => panic!("{i}: {other:?}"),
+        }
+    }
+    // Someone the engine never saw.
+    let stranger = Owner::new(HostId(9), 9, &long);
+    match e.test(&f, &stranger, rg(40, 40), X) {
+        TestAnswer::Conflict(h) => assert_eq!(h.owner, owners[4]),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn overflow_is_clipped_to_the_end() {
     assert_eq!(Range::from_offset_len(5, 0), rg(5, u64::MAX));
