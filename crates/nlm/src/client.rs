@@ -95,10 +95,19 @@ pub struct RemoteLock {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Test,
-    Lock { block: bool },
+    Lock {
+        block: bool,
+    },
     Unlock,
     Cancel,
     Reclaim,
+    /// SHARE (always synchronous: NLM has no SHARE_MSG).
+    Share {
+        access: u32,
+        deny: u32,
+        reclaim: bool,
+    },
+    Unshare,
 }
 
 #[derive(Debug, Clone)]
@@ -192,7 +201,14 @@ pub struct ClientCore {
     monitored: BTreeMap<Vec<u8>, bool>,
     /// LOCKs waiting for their server to be monitored (as Linux's lock
     /// manager does, which fails the lock if the monitor refuses).
-    held_back: Vec<(ConnId, ReqId, bool, RemoteLock)>,
+    held_back: Vec<(ConnId, ReqId, ClientOp, RemoteLock)>,
+    /// Share reservations held: (conn, file, access, deny).
+    shares: Vec<(ConnId, RemoteLock, u32, u32)>,
+    /// Share reclaims the server was not ready for: sent again next tick.
+    share_later: Vec<InFlight>,
+    /// Files each connection asked a share on, unshared when it closes
+    /// (at once and [`LINGER_MS`] later), like `touched` for locks.
+    touched_shares: BTreeMap<ConnId, std::collections::BTreeSet<FileAt>>,
     /// The files each connection sent a LOCK for (server, server name, fh),
     /// up to [`TOUCHED_MAX`] per connection (a LOCK on one more file is
     /// refused with `NoLocks`): when it closes, its owner
@@ -386,6 +402,40 @@ impl ClientCore {
                 (LOCK, encode(&a, f.vers))
             }
             Op::Unlock => (UNLOCK, encode(&UnlockArgs { cookie, lock }, f.vers)),
+            Op::Share {
+                access,
+                deny,
+                reclaim,
+            } => {
+                let share = ShareLock {
+                    caller_name: lock.caller_name,
+                    fh: lock.fh,
+                    oh: lock.oh,
+                    mode: deny,
+                    access,
+                };
+                let a = ShareArgs {
+                    cookie,
+                    share,
+                    reclaim,
+                };
+                (SHARE, encode(&a, f.vers))
+            }
+            Op::Unshare => {
+                let share = ShareLock {
+                    caller_name: lock.caller_name,
+                    fh: lock.fh,
+                    oh: lock.oh,
+                    mode: 0,
+                    access: 0,
+                };
+                let a = ShareArgs {
+                    cookie,
+                    share,
+                    reclaim: false,
+                };
+                (UNSHARE, encode(&a, f.vers))
+            }
             Op::Cancel => (
                 CANCEL,
                 encode(
@@ -432,17 +482,28 @@ impl ClientCore {
     }
 
     fn full(&self) -> bool {
-        self.in_flight.len() + self.waiting.len() + self.held.len() + self.held_back.len()
+        self.in_flight.len()
+            + self.waiting.len()
+            + self.held.len()
+            + self.held_back.len()
+            + self.shares.len()
+            + self.share_later.len()
             >= self.cfg.max_entries
     }
 
     /// A local program's request. `req` must be unique per connection.
     pub fn request(&mut self, conn: ConnId, req: ReqId, op: ClientOp, lock: RemoteLock) {
         let changes = matches!(op, ClientOp::Lock { .. } | ClientOp::Unlock);
-        let fresh = matches!(op, ClientOp::Lock { .. } | ClientOp::Test);
+        let fresh = matches!(
+            op,
+            ClientOp::Lock { .. } | ClientOp::Test | ClientOp::Share { .. }
+        );
+        let sharing = matches!(op, ClientOp::Share { .. } | ClientOp::Unshare);
         let refuse = if self.full() {
             Some(Outcome::NoLocks)
-        } else if changes && self.unresolved_overlap(conn, &lock) {
+        } else if (changes && self.unresolved_overlap(conn, &lock))
+            || (sharing && self.share_unresolved(conn, &lock, op))
+        {
             Some(Outcome::Busy)
         } else if fresh && self.reclaiming(lock.server) {
             // What the server answers in grace. Sent now, it would also
@@ -458,7 +519,7 @@ impl ClientCore {
         }
         let op = match op {
             ClientOp::Test => Op::Test,
-            ClientOp::Lock { .. } if !self.touch(conn, &lock) => {
+            ClientOp::Lock { .. } | ClientOp::Share { .. } if !self.touch(conn, &lock, op) => {
                 self.tell(
                     conn,
                     LocalEvent::Reply {
@@ -468,12 +529,24 @@ impl ClientCore {
                 );
                 return;
             }
-            ClientOp::Lock { wait } if self.monitored.get(&lock.server_name) != Some(&true) => {
+            ClientOp::Lock { .. } | ClientOp::Share { .. }
+                if self.monitored.get(&lock.server_name) != Some(&true) =>
+            {
                 self.monitor(&lock.server_name);
-                self.held_back.push((conn, req, wait, lock));
+                self.held_back.push((conn, req, op, lock));
                 return;
             }
             ClientOp::Lock { wait } => Op::Lock { block: wait },
+            ClientOp::Share { access, deny } => Op::Share {
+                access,
+                deny,
+                reclaim: false,
+            },
+            ClientOp::Unshare => {
+                self.shares
+                    .retain(|(c, l, ..)| !(*c == conn && same_file(l, &lock)));
+                Op::Unshare
+            }
             ClientOp::Unlock => {
                 self.forget_held(conn, &lock);
                 // Not to be reclaimed any more either.
@@ -482,8 +555,9 @@ impl ClientCore {
             }
             ClientOp::Cancel => {
                 let before = self.held_back.len();
-                self.held_back
-                    .retain(|(c, _, _, l)| !(*c == conn && same_range(l, &lock)));
+                self.held_back.retain(|(c, _, o, l)| {
+                    !(*c == conn && matches!(o, ClientOp::Lock { .. }) && same_range(l, &lock))
+                });
                 if self.held_back.len() < before {
                     // Never sent: nothing to cancel at the server.
                     let outcome = Outcome::Granted;
@@ -517,13 +591,40 @@ impl ClientCore {
 
     /// Remembers that `conn` locks in `lock`'s file; false if it cannot
     /// (too many files, or too many connections remembered).
-    fn touch(&mut self, conn: ConnId, lock: &RemoteLock) -> bool {
+    fn touch(&mut self, conn: ConnId, lock: &RemoteLock, op: ClientOp) -> bool {
         let k = (lock.server, lock.server_name.clone(), lock.fh.clone());
-        if !self.touched.contains_key(&conn) && self.touched.len() >= self.cfg.max_entries {
+        let map = if matches!(op, ClientOp::Share { .. }) {
+            &mut self.touched_shares
+        } else {
+            &mut self.touched
+        };
+        if !map.contains_key(&conn) && map.len() >= self.cfg.max_entries {
             return false;
         }
-        let files = self.touched.entry(conn).or_default();
+        let files = map.entry(conn).or_default();
         files.contains(&k) || files.len() < TOUCHED_MAX && files.insert(k)
+    }
+
+    /// Whether `conn` has a share request on `lock`'s file not answered
+    /// yet, or (for a SHARE) holds a share there already.
+    fn share_unresolved(&self, conn: ConnId, lock: &RemoteLock, op: ClientOp) -> bool {
+        let pending = self
+            .in_flight
+            .values()
+            .chain(self.cleanup_later.iter())
+            .any(|f| {
+                f.conn == conn
+                    && matches!(f.op, Op::Share { .. } | Op::Unshare)
+                    && same_file(&f.lock, lock)
+            })
+            || self.held_back.iter().any(|(c, _, o, l)| {
+                *c == conn && matches!(o, ClientOp::Share { .. }) && same_file(l, lock)
+            });
+        let held = self
+            .shares
+            .iter()
+            .any(|(c, l, ..)| *c == conn && same_file(l, lock));
+        pending || (matches!(op, ClientOp::Share { .. }) && held)
     }
 
     /// Whether reclaims to `server` are still under way (in flight, or to
@@ -531,10 +632,10 @@ impl ClientCore {
     /// new LOCK or TEST meanwhile: a server takes a host's first ordinary
     /// request as the end of its recovery.
     fn reclaiming(&self, server: IpAddr) -> bool {
-        self.in_flight
-            .values()
-            .any(|f| f.op == Op::Reclaim && f.lock.server == server)
-            || self.reclaim_later.iter().any(|e| e.lock.server == server)
+        self.in_flight.values().any(|f| {
+            f.lock.server == server && matches!(f.op, Op::Reclaim | Op::Share { reclaim: true, .. })
+        }) || self.reclaim_later.iter().any(|e| e.lock.server == server)
+            || self.share_later.iter().any(|f| f.lock.server == server)
     }
 
     /// Whether `conn` has a request on an overlapping range of the same
@@ -663,6 +764,28 @@ impl ClientCore {
     /// for. Nobody is told.
     pub fn disconnect(&mut self, conn: ConnId) {
         self.held_back.retain(|(c, ..)| *c != conn);
+        self.share_later.retain(|f| f.conn != conn);
+        self.shares.retain(|(c, ..)| *c != conn);
+        for (server, server_name, fh) in self.touched_shares.remove(&conn).unwrap_or_default() {
+            let f = InFlight {
+                conn,
+                req: None,
+                op: Op::Unshare,
+                lock: RemoteLock {
+                    server,
+                    server_name,
+                    fh,
+                    offset: 0,
+                    len: 0,
+                    exclusive: false,
+                },
+                vers: 4,
+            };
+            if self.linger.len() < self.cfg.max_entries {
+                self.linger.push((None, f.clone()));
+            }
+            self.send(f);
+        }
         for (server, server_name, fh) in self.touched.remove(&conn).unwrap_or_default() {
             let f = InFlight {
                 conn,
@@ -736,8 +859,17 @@ impl ClientCore {
         for f in self.in_flight.values_mut() {
             if f.conn == conn {
                 f.req = None;
-                if f.op == Op::Reclaim {
-                    f.op = Op::Lock { block: false };
+                match f.op {
+                    Op::Reclaim => f.op = Op::Lock { block: false },
+                    // Granted, it is undone.
+                    Op::Share { access, deny, .. } => {
+                        f.op = Op::Share {
+                            access,
+                            deny,
+                            reclaim: false,
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -774,6 +906,12 @@ impl ClientCore {
             }
             Err(CallFailure::Transport(e)) => return self.unanswered(f, &e),
         };
+        if matches!(f.op, Op::Share { .. } | Op::Unshare) {
+            let Ok(r) = decode::<ShareRes>(&bytes, f.vers) else {
+                return self.failed(f, "undecodable SHARE reply");
+            };
+            return self.share_reply(f, r.stat);
+        }
         if f.op == Op::Test {
             let Ok(r) = decode::<TestRes>(&bytes, f.vers) else {
                 return self.failed(f, "undecodable TEST reply");
@@ -793,6 +931,54 @@ impl ClientCore {
         };
         let early = self.granted_early.remove(&token);
         self.lock_reply(f, r.stat, early, now_ms);
+    }
+
+    fn share_reply(&mut self, f: InFlight, stat: Stat) {
+        let Op::Share {
+            access,
+            deny,
+            reclaim,
+        } = f.op
+        else {
+            // UNSHARE: the share left our books when it was asked.
+            if let Some(req) = f.req {
+                let outcome = Outcome::Granted;
+                self.tell(f.conn, LocalEvent::Reply { req, outcome });
+            }
+            return;
+        };
+        match (stat, f.req, reclaim) {
+            // Its connection went while it was in flight: undone.
+            (Stat::Granted, None, false) => self.send(InFlight {
+                op: Op::Unshare,
+                ..f
+            }),
+            (Stat::Granted, req, _) => {
+                self.shares.push((f.conn, f.lock.clone(), access, deny));
+                if let Some(req) = req {
+                    let outcome = Outcome::Granted;
+                    self.tell(f.conn, LocalEvent::Reply { req, outcome });
+                }
+            }
+            (Stat::DeniedGracePeriod, _, true) => self.share_later.push(f),
+            (_, _, true) => {
+                let ev = LocalEvent::Lost {
+                    server: f.lock.server,
+                    fh: f.lock.fh.clone(),
+                    offset: 0,
+                    len: 0,
+                };
+                self.tell(f.conn, ev);
+            }
+            (s, Some(req), false) => {
+                let outcome = match s {
+                    Stat::Denied => Outcome::Denied(None),
+                    s => stat_outcome(s),
+                };
+                self.tell(f.conn, LocalEvent::Reply { req, outcome });
+            }
+            (_, None, false) => {}
+        }
     }
 
     fn lock_reply(&mut self, f: InFlight, stat: Stat, early: bool, now_ms: u64) {
@@ -974,6 +1160,30 @@ impl ClientCore {
                 last_sent_ms: 0,
             }),
             Op::Test => self.failed(f, why),
+            Op::Share { reclaim: true, .. } => self.share_later.push(f),
+            // It may have been taken: undone until the server hears it.
+            Op::Share { .. } => {
+                if self.cleanup_later.len() < self.cfg.max_entries {
+                    self.cleanup_later.push(InFlight {
+                        req: None,
+                        op: Op::Unshare,
+                        ..f.clone()
+                    });
+                }
+                self.failed(f, why);
+            }
+            Op::Unshare => {
+                if self.cleanup_later.len() < self.cfg.max_entries {
+                    self.cleanup_later.push(InFlight {
+                        req: None,
+                        ..f.clone()
+                    });
+                }
+                if let Some(req) = f.req {
+                    let outcome = Outcome::Granted;
+                    self.tell(f.conn, LocalEvent::Reply { req, outcome });
+                }
+            }
         }
     }
 
@@ -1011,9 +1221,9 @@ impl ClientCore {
             .into_iter()
             .partition(|(_, _, _, l)| l.server_name == name);
         self.held_back = rest;
-        for (conn, req, wait, lock) in mine {
+        for (conn, req, op, lock) in mine {
             if ok {
-                self.request(conn, req, ClientOp::Lock { wait }, lock);
+                self.request(conn, req, op, lock);
             } else {
                 let outcome = Outcome::NoLocks;
                 self.tell(conn, LocalEvent::Reply { req, outcome });
@@ -1108,6 +1318,23 @@ impl ClientCore {
         }
         // Whatever they would have undone is gone with the server's state.
         self.cleanup_later.retain(|f| !matches(&f.lock));
+        let (shares, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.shares)
+            .into_iter()
+            .partition(|(_, l, ..)| matches(l));
+        self.shares = kept;
+        for (conn, lock, access, deny) in shares {
+            self.send(InFlight {
+                conn,
+                req: None,
+                op: Op::Share {
+                    access,
+                    deny,
+                    reclaim: true,
+                },
+                lock,
+                vers: 4,
+            });
+        }
     }
 
     /// A `_RES` call from `from` (TEST_RES, LOCK_RES, CANCEL_RES or
@@ -1196,6 +1423,9 @@ impl ClientCore {
         for (_, f) in due {
             self.send(f);
         }
+        for f in std::mem::take(&mut self.share_later) {
+            self.send(f);
+        }
         for e in std::mem::take(&mut self.reclaim_later) {
             self.send(InFlight {
                 conn: e.conn,
@@ -1212,9 +1442,19 @@ impl ClientCore {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientOp {
     Test,
-    Lock { wait: bool },
+    Lock {
+        wait: bool,
+    },
     Unlock,
     Cancel,
+    /// A DOS share reservation on the whole file: `access` what we do,
+    /// `deny` what others may not (each 0 none, 1 read, 2 write, 3 both).
+    /// One per connection and file: unshare before asking another.
+    Share {
+        access: u32,
+        deny: u32,
+    },
+    Unshare,
 }
 
 /// A lock's bytes as an inclusive span.
@@ -1263,6 +1503,10 @@ fn with_span(l: &RemoteLock, s: u64, e: u64) -> RemoteLock {
         len,
         ..l.clone()
     }
+}
+
+fn same_file(a: &RemoteLock, b: &RemoteLock) -> bool {
+    a.server == b.server && a.fh == b.fh
 }
 
 fn same_range(a: &RemoteLock, b: &RemoteLock) -> bool {

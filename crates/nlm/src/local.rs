@@ -8,7 +8,7 @@ use crate::ops::holder;
 use crate::server::NlmServer;
 use latch_lock::{
     Error, FileKey, HostId, LeaseAnswer, LeaseKind, LockAnswer, LockRequest, Mode, Owner, Range,
-    RequestId, TestAnswer,
+    RequestId, Share, ShareAnswer, ShareBits, TestAnswer,
 };
 use std::time::Instant;
 
@@ -96,6 +96,32 @@ impl NlmServer {
                 }
                 Err(_) => Outcome::NoLocks,
             },
+            ClientOp::Share { access, deny } => {
+                match (ShareBits::from_wire(access), ShareBits::from_wire(deny)) {
+                    (Some(access), Some(deny)) => {
+                        match self
+                            .engine
+                            .share(&file, &owner, Share { access, deny }, false, now)
+                        {
+                            Ok(reply) => {
+                                self.deliver(reply.events, now);
+                                match reply.answer {
+                                    ShareAnswer::Granted => Outcome::Granted,
+                                    ShareAnswer::Denied => Outcome::Denied(None),
+                                    ShareAnswer::DeniedGrace => Outcome::Grace,
+                                }
+                            }
+                            Err(_) => Outcome::NoLocks,
+                        }
+                    }
+                    _ => Outcome::Failed("share access and deny are 0 to 3".into()),
+                }
+            }
+            ClientOp::Unshare => {
+                let reply = self.engine.unshare(&file, &owner);
+                self.deliver(reply.events, now);
+                Outcome::Granted
+            }
             ClientOp::Cancel => {
                 if let Some(id) = self.engine.find_waiter(&file, &owner, range, mode) {
                     self.local_blocked.remove(&id);

@@ -885,3 +885,45 @@ fn the_client_side_speaks_the_msg_procedures() {
     n.remote(2, 2, 3, ClientOp::Lock { wait: false }, 0, 40, 5, true);
     assert_eq!(n.events(2), vec![(2, reply(3, Outcome::Granted))], "undone");
 }
+
+/// Share reservations through the client side: conflicts by access and
+/// deny, one per connection and file, unshare, and reclaim after the
+/// server restarts.
+#[test]
+fn share_reservations_through_the_client_side() {
+    let mut n = Net::new(3);
+    let store = MemHostStore::default();
+    n.hosts[0] = Host::new("10.0.0.1", store.clone(), n.t0);
+    let share = |access, deny| ClientOp::Share { access, deny };
+    n.remote(1, 1, 1, share(3, 2), 0, 0, 0, false);
+    assert_eq!(n.events(1), vec![(1, reply(1, Outcome::Granted))]);
+    n.remote(2, 2, 1, share(2, 0), 0, 0, 0, false);
+    assert_eq!(n.events(2), vec![(2, reply(1, Outcome::Denied(None)))]);
+    n.remote(1, 1, 2, share(1, 0), 0, 0, 0, false);
+    assert_eq!(
+        n.events(1),
+        vec![(1, reply(2, Outcome::Busy))],
+        "one per file"
+    );
+    n.remote(1, 1, 3, ClientOp::Unshare, 0, 0, 0, false);
+    assert_eq!(n.events(1), vec![(1, reply(3, Outcome::Granted))]);
+    n.remote(2, 2, 2, share(2, 1), 0, 0, 0, false);
+    assert_eq!(n.events(2), vec![(2, reply(2, Outcome::Granted))]);
+    // The server restarts (host 1, holding nothing, is off its list of
+    // hosts by then); host 2 reclaims its share in grace.
+    n.advance(100);
+    n.hosts[0] = Host::new("10.0.0.1", store, n.t0);
+    n.sm_notify(2, "10.0.0.1", 3);
+    n.advance(2_100);
+    n.remote(1, 1, 4, share(1, 0), 0, 0, 0, false);
+    assert_eq!(
+        n.events(1),
+        vec![(1, reply(4, Outcome::Denied(None)))],
+        "host 2's reclaimed share denies readers"
+    );
+    // Host 2's connection closes: its share goes.
+    n.hosts[2].nlm.lock().unwrap().local_disconnect(2, n.now());
+    n.settle();
+    n.remote(1, 1, 5, share(1, 0), 0, 0, 0, false);
+    assert_eq!(n.events(1), vec![(1, reply(5, Outcome::Granted))]);
+}

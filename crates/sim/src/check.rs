@@ -21,7 +21,7 @@
 
 use crate::workload::BYTES;
 use crate::world::{lk, World, SERVER};
-use latch_lock::{FileKey, Holder, Mode, Owner};
+use latch_lock::{FileKey, Holder, Mode, Owner, Share, ShareBits};
 use std::collections::BTreeMap;
 
 /// The connection number inside a client core's owner handle
@@ -95,7 +95,73 @@ pub(crate) fn server_holdings(w: &World) -> BTreeMap<(u64, usize), u64> {
     m
 }
 
+/// The server's share reservations: (conn, file, share).
+fn server_shares(w: &World) -> Vec<(u64, usize, Share)> {
+    let Some(s) = w.server() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for f in s.engine().files() {
+        let Some(file) = file_idx(&f) else {
+            continue;
+        };
+        for (o, sh) in s.engine().shares_on(&f) {
+            out.push((owner_conn(&o).unwrap_or(0), file, sh));
+        }
+    }
+    out
+}
+
+/// Share reservations: none of two owners conflict on the server, and
+/// none conflicts with one a program believes it holds (granted or
+/// reclaimed in this server incarnation).
+fn share_checks(w: &World) -> Option<String> {
+    let shares = server_shares(w);
+    for (i, a) in shares.iter().enumerate() {
+        for b in &shares[i + 1..] {
+            if a.1 == b.1 && a.0 != b.0 && a.2.conflicts(b.2) {
+                return Some(format!(
+                    "checker 1: conn {} ({:?}) and conn {} ({:?}) hold conflicting shares of file{}",
+                    a.0, a.2, b.0, b.2, a.1
+                ));
+            }
+        }
+    }
+    let server_inc = w.server_inc();
+    for (hi, host) in w.hosts.iter().enumerate().skip(1) {
+        if host.live.is_none() {
+            continue;
+        }
+        for p in &host.progs {
+            for (file, b) in p.belief.iter().enumerate() {
+                let Some((access, deny, epoch)) = b.share else {
+                    continue;
+                };
+                let (Some(access), Some(deny)) =
+                    (ShareBits::from_wire(access), ShareBits::from_wire(deny))
+                else {
+                    continue;
+                };
+                let mine = Share { access, deny };
+                let clash = shares
+                    .iter()
+                    .find(|x| x.1 == file && x.0 != p.conn && x.2.conflicts(mine));
+                if let (Some(x), true) = (clash, epoch == server_inc) {
+                    return Some(format!(
+                        "checker 2: host {hi} conn {} believes it holds share {mine:?} of file{file}, but the server gave conn {} the conflicting {:?}",
+                        p.conn, x.0, x.2
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
 pub(crate) fn safety(w: &mut World) {
+    if let Some(e) = share_checks(w) {
+        return w.fail(e);
+    }
     let (held, waiting, grace) = match server_view(w) {
         None => return,
         Some(Err(e)) => return w.fail(format!("checker 3: {e}")),
@@ -237,6 +303,12 @@ fn leftover(w: &World) -> Option<String> {
                     p.conn
                 ));
             }
+            if let Some((f, b)) = p.belief.iter().enumerate().find(|(_, b)| b.share.is_some()) {
+                return Some(format!(
+                    "host {hi} conn {} still believes it holds share {:?} of file{f}",
+                    p.conn, b.share
+                ));
+            }
             if let Some((f, b)) = p.belief.iter().enumerate().find(|(_, b)| b.held() != 0) {
                 return Some(format!(
                     "host {hi} conn {} still believes it holds {:#x} of file{f}",
@@ -262,6 +334,12 @@ fn leftover(w: &World) -> Option<String> {
                 ));
             }
         }
+    }
+    // (Before the server's lock is taken below: this takes it too.)
+    if let Some((conn, file, sh)) = server_shares(w).first() {
+        return Some(format!(
+            "the server still holds share {sh:?} of file{file} for conn {conn}, which nobody believes held"
+        ));
     }
     let s = w.server()?;
     for f in s.engine().files() {

@@ -40,6 +40,8 @@ pub struct Belief {
     pub shared: u64,
     /// The server incarnation in which each byte was granted.
     pub epoch: [u32; 64],
+    /// A share reservation held: (access, deny, server incarnation).
+    pub share: Option<(u32, u32, u32)>,
 }
 
 impl Default for Belief {
@@ -48,6 +50,7 @@ impl Default for Belief {
             excl: 0,
             shared: 0,
             epoch: [0; 64],
+            share: None,
         }
     }
 }
@@ -171,6 +174,31 @@ pub(crate) fn step(w: &mut World, h: usize, p: usize) -> u64 {
             }
         }
         85..=87 => disconnect(w, h, p),
+        88..=93 => {
+            let held = w.hosts[h].progs[p]
+                .belief
+                .get(file)
+                .is_some_and(|b| b.share.is_some());
+            let op = if held {
+                ClientOp::Unshare
+            } else {
+                let access = w.rng.range(1, 4) as u32;
+                let deny = w.rng.below(4) as u32;
+                ClientOp::Share { access, deny }
+            };
+            request(
+                w,
+                h,
+                p,
+                Req {
+                    op,
+                    file,
+                    off: 0,
+                    len: 0,
+                    excl,
+                },
+            );
+        }
         _ => {}
     }
     w.rng.range(50, 3_000)
@@ -182,6 +210,17 @@ fn drain(w: &mut World, h: usize, p: usize) -> u64 {
     let prog = &w.hosts[h].progs[p];
     if !prog.blocked.is_empty() {
         return 500;
+    }
+    if let Some(file) = prog.belief.iter().position(|b| b.share.is_some()) {
+        let req = Req {
+            op: ClientOp::Unshare,
+            file,
+            off: 0,
+            len: 0,
+            excl: false,
+        };
+        request(w, h, p, req);
+        return w.rng.range(10, 1_000);
     }
     let file = prog.belief.iter().position(|b| b.held() != 0);
     if let Some(file) = file {
@@ -258,7 +297,13 @@ fn request(w: &mut World, h: usize, p: usize, r: Req) {
                 .entry(r.file)
                 .or_default() |= m;
         }
-        ClientOp::Test => {}
+        ClientOp::Test | ClientOp::Share { .. } => {}
+        // Once it asks to unshare, the program no longer relies on it.
+        ClientOp::Unshare => {
+            if let Some(b) = prog.belief.get_mut(r.file) {
+                b.share = None;
+            }
+        }
     }
     w.log(format!(
         "host {h} conn {conn} req {req}: {:?} file{} [{}, +{}) {}",
@@ -314,6 +359,14 @@ pub(crate) fn on_event(w: &mut World, h: usize, conn: u64, ev: LocalEvent) {
             };
             match (spec.op, outcome) {
                 (ClientOp::Lock { .. }, Outcome::Granted) => grant(w, h, p, req, spec),
+                (ClientOp::Share { access, deny }, Outcome::Granted) => {
+                    w.counts.shares += 1;
+                    let epoch = w.server_inc();
+                    if let Some(b) = w.hosts[h].progs[p].belief.get_mut(spec.file) {
+                        b.share = Some((access, deny, epoch));
+                    }
+                }
+                (ClientOp::Share { .. }, Outcome::Busy) => {}
                 (ClientOp::Lock { .. }, Outcome::Blocked) => {
                     w.counts.blocked += 1;
                     let now = w.now;
@@ -344,6 +397,11 @@ pub(crate) fn on_event(w: &mut World, h: usize, conn: u64, ev: LocalEvent) {
             w.counts.reclaim_lost += 1;
             let file = (0..w.nfiles).find(|i| fh(*i) == f);
             if let Some(b) = file.and_then(|i| w.hosts[h].progs[p].belief.get_mut(i)) {
+                // A share is lost whole (the workload's ranges are never
+                // empty, and a share has none).
+                if len == 0 {
+                    b.share = None;
+                }
                 let m = mask(offset, len);
                 b.excl &= !m;
                 b.shared &= !m;

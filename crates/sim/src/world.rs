@@ -185,6 +185,8 @@ pub struct Counts {
     /// Requests the client core refused as `Busy` (overlapping the same
     /// owner's unresolved request).
     pub busy: u64,
+    /// Share reservations granted.
+    pub shares: u64,
     pub grace_periods: u64,
 }
 
@@ -211,6 +213,7 @@ impl Counts {
         self.blocked += o.blocked;
         self.reclaim_lost += o.reclaim_lost;
         self.busy += o.busy;
+        self.shares += o.shares;
         self.grace_periods += o.grace_periods;
     }
 }
