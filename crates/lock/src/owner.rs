@@ -2,7 +2,7 @@
 //! "release everything of this owner / host" and the deadlock search cost
 //! what they touch rather than a scan of every file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::types::{HostId, Owner, OwnerId, RequestId};
 
@@ -21,7 +21,20 @@ pub(crate) struct OwnerEntry {
     /// Blocked requests, in arrival order (few per owner: one per blocked
     /// client thread).
     pub waiters: Vec<RequestId>,
+    /// In the queue of idle owners (it held nothing at some point since).
+    idle: bool,
 }
+
+impl OwnerEntry {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.waiters.is_empty() && self.segs == 0
+    }
+}
+
+/// How many owners that hold nothing stay interned for reuse: a client that
+/// locks and unlocks over and over then costs no allocation and no map
+/// update per lock for its owner.
+const IDLE_OWNERS_MAX: usize = 256;
 
 #[derive(Default)]
 pub(crate) struct HostEntry {
@@ -77,6 +90,9 @@ pub(crate) struct Owners {
     short: Vec<ShortKey>,
     free: Vec<u32>,
     pub hosts: HashMap<HostId, HostEntry>,
+    /// Owners that became empty, oldest first, at most [`IDLE_OWNERS_MAX`]
+    /// (some may hold something again since).
+    idle: VecDeque<OwnerId>,
 }
 
 impl Owners {
@@ -93,6 +109,7 @@ impl Owners {
             files: HashMap::new(),
             segs: 0,
             waiters: Vec::new(),
+            idle: false,
         };
         let short = ShortKey::of(owner);
         let id = match self.free.pop() {
@@ -162,16 +179,32 @@ impl Owners {
         }
     }
 
-    /// Forgets the owner if it no longer holds anything, so ids and memory
-    /// are bounded by the entries, not by every owner ever seen.
+    /// Forgets owners that no longer hold anything, so ids and memory are
+    /// bounded by the entries (plus a few idle ones kept for reuse), not by
+    /// every owner ever seen.
     pub fn gc(&mut self, id: OwnerId) {
-        let empty = match self.get(id) {
-            Some(e) => e.files.is_empty() && e.waiters.is_empty() && e.segs == 0,
-            None => false,
+        let Some(e) = self.get_mut(id) else {
+            return;
         };
-        if !empty {
+        if !e.is_empty() || e.idle {
             return;
         }
+        e.idle = true;
+        self.idle.push_back(id);
+        while self.idle.len() > IDLE_OWNERS_MAX {
+            let Some(old) = self.idle.pop_front() else {
+                break;
+            };
+            if let Some(e) = self.get_mut(old) {
+                e.idle = false;
+                if e.is_empty() {
+                    self.forget(old);
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, id: OwnerId) {
         if let Some(e) = self.slab[id.0 as usize].take() {
             self.short[id.0 as usize] = ShortKey::GONE;
             self.map.remove(&e.key);
@@ -185,7 +218,8 @@ impl Owners {
         }
     }
 
+    /// Owners holding something (idle ones kept for reuse do not count).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.slab.iter().flatten().filter(|e| !e.is_empty()).count()
     }
 }
