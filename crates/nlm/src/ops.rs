@@ -2,7 +2,7 @@
 //! UNSHARE, FREE_ALL, and the status monitor's reboot callback.
 
 use crate::grants::BlockedInfo;
-use crate::hosts::name_key;
+use crate::hosts::name_key_ref;
 use crate::proto::*;
 use crate::server::{Action, NlmServer};
 use latch_lock::{
@@ -221,12 +221,17 @@ impl NlmServer {
         let Some(h) = self.hosts.get_mut(host) else {
             return;
         };
-        let name = h.name.clone();
         if monitor && !h.monitored {
             h.monitored = true;
-            self.push(Action::Monitor { name: name.clone() });
+            let name = h.name.clone();
+            self.push(Action::Monitor { name });
         }
-        if !self.saved.contains(&name_key(&name)) {
+        // Every LOCK comes here: look the name up without copying it.
+        let saved = self
+            .hosts
+            .get(host)
+            .is_some_and(|h| self.saved.contains(&*name_key_ref(&h.name)));
+        if !saved {
             self.persist_hosts();
         }
     }
