@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use crate::events::{Event, Holder, LockAnswer, Reply, Stats, TestAnswer};
 use crate::excl::Seg;
 use crate::file::{FileState, Interest, Plan, Waiter};
+use crate::idhash::IdMap;
 use crate::owner::{FileId, Owners};
 use crate::tree::Filter;
 use crate::types::{Bound, Error, FileKey, HostId, Limits, Mode, Owner, OwnerId, Range, RequestId};
@@ -76,7 +77,7 @@ pub struct Engine {
     idle_files: VecDeque<FileId>,
     /// Every blocked request: its file and its slot in that file's waiter
     /// tree.
-    pub(crate) waiters: HashMap<RequestId, (FileId, u32)>,
+    pub(crate) waiters: IdMap<RequestId, (FileId, u32)>,
     next_seq: u64,
     next_engine_id: u64,
     pub(crate) entries: usize,
@@ -95,7 +96,7 @@ impl Engine {
             files: Vec::new(),
             free_files: Vec::new(),
             idle_files: VecDeque::new(),
-            waiters: HashMap::new(),
+            waiters: IdMap::default(),
             next_seq: 0,
             next_engine_id: RequestId::ENGINE_BASE,
             entries: 0,

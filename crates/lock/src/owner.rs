@@ -2,7 +2,9 @@
 //! "release everything of this owner / host" and the deadlock search cost
 //! what they touch rather than a scan of every file.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+
+use crate::idhash::{IdMap, IdSet};
 
 use crate::types::{HostId, Owner, OwnerId, RequestId};
 
@@ -13,7 +15,7 @@ pub(crate) struct OwnerEntry {
     pub key: Owner,
     /// Entries this owner has on each file; a file leaves the map when its
     /// count drops to zero, and the owner is forgotten when the map empties.
-    pub files: HashMap<FileId, u32>,
+    pub files: IdMap<FileId, u32>,
     /// Held lock segments, over all files: an owner with none and no
     /// blocked request can be waited on by no one, which short-cuts the
     /// deadlock search.
@@ -38,7 +40,7 @@ const IDLE_OWNERS_MAX: usize = 256;
 
 #[derive(Default)]
 pub(crate) struct HostEntry {
-    pub owners: HashSet<OwnerId>,
+    pub owners: IdSet<OwnerId>,
     pub entries: usize,
 }
 
@@ -89,7 +91,7 @@ pub(crate) struct Owners {
     /// `short[i]` is the key of `slab[i]`.
     short: Vec<ShortKey>,
     free: Vec<u32>,
-    pub hosts: HashMap<HostId, HostEntry>,
+    pub hosts: IdMap<HostId, HostEntry>,
     /// Owners that became empty, oldest first, at most [`IDLE_OWNERS_MAX`]
     /// (some may hold something again since).
     idle: VecDeque<OwnerId>,
@@ -106,7 +108,7 @@ impl Owners {
         }
         let entry = OwnerEntry {
             key: owner.clone(),
-            files: HashMap::new(),
+            files: IdMap::default(),
             segs: 0,
             waiters: Vec::new(),
             idle: false,
