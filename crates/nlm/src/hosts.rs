@@ -75,12 +75,24 @@ impl Hosts {
 
     /// The host for (name, ip), created if there is room.
     pub fn intern(&mut self, name: &[u8], ip: IpAddr, max: usize, now_ms: u64) -> Option<HostId> {
+        self.intern_new(name, ip, max, now_ms).map(|(id, _)| id)
+    }
+
+    /// As [`Hosts::intern`], and whether the host was created by this call
+    /// (one lookup, where `find` then `intern` made two).
+    pub fn intern_new(
+        &mut self,
+        name: &[u8],
+        ip: IpAddr,
+        max: usize,
+        now_ms: u64,
+    ) -> Option<(HostId, bool)> {
         let ip = canonical(ip);
         if let Some(id) = self.find(name, ip) {
             if let Some(h) = self.by_id.get_mut(&id) {
                 h.last_active_ms = now_ms;
             }
-            return Some(id);
+            return Some((id, false));
         }
         if self.by_id.len() >= max {
             return None;
@@ -102,7 +114,7 @@ impl Hosts {
                 last_active_ms: now_ms,
             },
         );
-        Some(id)
+        Some((id, true))
     }
 
     pub fn get(&self, id: HostId) -> Option<&Host> {

@@ -117,8 +117,8 @@ impl NlmServer {
             return Stat::StaleFh;
         }
         let name = a.lock.caller_name.as_bytes();
-        let created = self.hosts.find(name, peer).is_none();
-        let Some(host) = self.hosts.intern(name, peer, self.cfg.max_hosts, now) else {
+        let Some((host, created)) = self.hosts.intern_new(name, peer, self.cfg.max_hosts, now)
+        else {
             return Stat::DeniedNolocks;
         };
         let stat = self.lock_as(host, peer, a, vers, nm, msg, now);
