@@ -77,7 +77,41 @@ enum Entry {
     InProgress,
     /// `None`: the procedure sends no reply (the `_MSG` procedures); a
     /// retransmission must still not run it again.
-    Done(Option<Vec<u8>>),
+    Done(Option<Reply>),
+}
+
+/// A cached reply. NLM answers (forty-odd bytes) are kept in place: caching
+/// one and evicting it later then costs no allocation, and no trip to a
+/// long-cold heap block when it is freed.
+#[derive(Debug)]
+enum Reply {
+    Inline { len: u8, buf: [u8; REPLY_INLINE] },
+    Heap(Box<[u8]>),
+}
+
+const REPLY_INLINE: usize = 54;
+
+impl Reply {
+    fn new(b: &[u8]) -> Reply {
+        let mut buf = [0; REPLY_INLINE];
+        match buf.get_mut(..b.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                Reply::Inline {
+                    len: b.len() as u8,
+                    buf,
+                }
+            }
+            None => Reply::Heap(b.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Reply::Inline { len, buf } => buf.get(..usize::from(*len)).unwrap_or(&[]),
+            Reply::Heap(b) => b,
+        }
+    }
 }
 
 /// What to do with an incoming request.
@@ -141,7 +175,7 @@ impl Drc {
             }
             Some(Entry::Done(reply)) => {
                 self.stats.hits += 1;
-                Lookup::Replay(reply.clone())
+                Lookup::Replay(reply.as_ref().map(|r| r.as_slice().to_vec()))
             }
             None => {
                 self.stats.misses += 1;
@@ -164,7 +198,7 @@ impl Drc {
         // The entry is already counted: make room for the bytes only.
         self.make_room(0, size);
         if let Some(e) = self.entries.get_mut(&key) {
-            *e = Entry::Done(reply.map(<[u8]>::to_vec));
+            *e = Entry::Done(reply.map(Reply::new));
             self.bytes += size;
         }
     }
@@ -178,7 +212,7 @@ impl Drc {
     fn remove(&mut self, key: &DrcKey) -> bool {
         match self.entries.remove(key) {
             Some(Entry::Done(Some(r))) => {
-                self.bytes -= r.len();
+                self.bytes -= r.as_slice().len();
                 true
             }
             Some(_) => true,
