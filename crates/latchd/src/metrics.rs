@@ -20,7 +20,7 @@ const BUCKETS_US: [u64; 14] = [
 ];
 const PROCS: usize = 24;
 
-/// NLM call handling times per procedure (lock wait included): bucket
+/// NLM call handling times per procedure (lock waits included): bucket
 /// counts (the last is +Inf), the count and the sum in microseconds.
 struct Histogram {
     buckets: [[AtomicU64; BUCKETS_US.len() + 1]; PROCS],
@@ -418,7 +418,7 @@ fn histogram(o: &mut Out) {
     o.family(
         name,
         "histogram",
-        "Time to handle an NLM call, waiting for the server lock included.",
+        "Time to handle an NLM call, from taking it off the socket to its reply, lock waits included.",
     );
     let h = &NLM_LATENCY;
     for p in 0..PROCS {

@@ -2,11 +2,12 @@
 //! wake-up of blocked requests and the deadlock search live in their own
 //! modules as further `impl Engine` blocks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::events::{Event, Holder, LockAnswer, Reply, Stats, TestAnswer};
 use crate::excl::Seg;
 use crate::file::{FileState, Interest, Plan, Waiter};
+use crate::idhash::IdMap;
 use crate::owner::{FileId, Owners};
 use crate::tree::Filter;
 use crate::types::{Bound, Error, FileKey, HostId, Limits, Mode, Owner, OwnerId, Range, RequestId};
@@ -69,9 +70,14 @@ pub struct Engine {
     file_ids: HashMap<FileKey, FileId>,
     files: Vec<Option<FileState>>,
     free_files: Vec<u32>,
+    /// Files that became empty, kept live (key, id and arenas) for a while
+    /// before they are forgotten: a client that locks and unlocks one file
+    /// over and over then costs no allocation and no map update per lock.
+    /// At most [`IDLE_FILES_MAX`]; an empty file is invisible otherwise.
+    idle_files: VecDeque<FileId>,
     /// Every blocked request: its file and its slot in that file's waiter
     /// tree.
-    pub(crate) waiters: HashMap<RequestId, (FileId, u32)>,
+    pub(crate) waiters: IdMap<RequestId, (FileId, u32)>,
     next_seq: u64,
     next_engine_id: u64,
     pub(crate) entries: usize,
@@ -89,7 +95,8 @@ impl Engine {
             file_ids: HashMap::new(),
             files: Vec::new(),
             free_files: Vec::new(),
-            waiters: HashMap::new(),
+            idle_files: VecDeque::new(),
+            waiters: IdMap::default(),
             next_seq: 0,
             next_engine_id: RequestId::ENGINE_BASE,
             entries: 0,
@@ -114,11 +121,12 @@ impl Engine {
 
     pub fn stats(&self) -> Stats {
         let mut s = self.stats;
-        s.files = self.file_ids.len();
         s.owners = self.owners.len();
         s.waiters = self.waiters.len();
         s.entries = self.entries;
+        s.files = 0;
         for f in self.files.iter().flatten() {
+            s.files += usize::from(!f.is_empty());
             s.segments += f.holders.len();
             s.shares += f.shares.len();
             s.leases += f.leases.len();
@@ -424,7 +432,12 @@ impl Engine {
     /// Every file with locks, blocked requests, shares or leases, in key
     /// order (for listing; O(files)).
     pub fn files(&self) -> Vec<FileKey> {
-        let mut v: Vec<FileKey> = self.file_ids.keys().cloned().collect();
+        let mut v: Vec<FileKey> = self
+            .file_ids
+            .iter()
+            .filter(|(_, &fid)| !self.file(fid).is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
         v.sort();
         v
     }
@@ -578,15 +591,30 @@ impl Engine {
         self.gc_file(fid);
     }
 
+    /// An empty file joins the idle files; past the bound, the oldest idle
+    /// file that is still empty is forgotten.
     pub(crate) fn gc_file(&mut self, fid: FileId) {
-        if self
-            .files
-            .get(fid.0 as usize)
-            .is_some_and(|f| f.as_ref().is_some_and(FileState::is_empty))
-        {
-            if let Some(f) = self.files[fid.0 as usize].take() {
-                self.file_ids.remove(&f.key);
-                self.free_files.push(fid.0);
+        let Some(Some(f)) = self.files.get_mut(fid.0 as usize) else {
+            return;
+        };
+        if !f.is_empty() || f.idle {
+            return;
+        }
+        f.idle = true;
+        self.idle_files.push_back(fid);
+        while self.idle_files.len() > IDLE_FILES_MAX {
+            let Some(old) = self.idle_files.pop_front() else {
+                break;
+            };
+            let Some(Some(f)) = self.files.get_mut(old.0 as usize) else {
+                continue;
+            };
+            f.idle = false;
+            if f.is_empty() {
+                if let Some(f) = self.files[old.0 as usize].take() {
+                    self.file_ids.remove(&f.key);
+                    self.free_files.push(old.0);
+                }
             }
         }
     }
@@ -601,6 +629,9 @@ impl Engine {
             .sum()
     }
 }
+
+/// How many empty files stay live for reuse (see `Engine::idle_files`).
+const IDLE_FILES_MAX: usize = 256;
 
 pub(crate) fn reply<T>(answer: T, events: Vec<Event>) -> Reply<T> {
     Reply { answer, events }

@@ -80,6 +80,9 @@ pub(crate) struct FileState {
     /// scan is cheaper than any index at that size.
     pub shares: Vec<(OwnerId, Share)>,
     pub leases: Vec<LeaseEntry>,
+    /// In the engine's queue of idle files (it became empty; it may have
+    /// been used again since).
+    pub idle: bool,
 }
 
 /// The segments a lock or unlock removes and adds for one owner. Computed
@@ -118,6 +121,7 @@ impl FileState {
             waiters: Tree::new(false, true),
             shares: Vec::new(),
             leases: Vec::new(),
+            idle: false,
         }
     }
 

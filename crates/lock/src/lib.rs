@@ -28,6 +28,7 @@ mod engine;
 mod events;
 mod excl;
 mod file;
+mod idhash;
 mod lease;
 mod owner;
 mod query;

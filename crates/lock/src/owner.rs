@@ -2,7 +2,9 @@
 //! "release everything of this owner / host" and the deadlock search cost
 //! what they touch rather than a scan of every file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
+
+use crate::idhash::{IdMap, IdSet};
 
 use crate::types::{HostId, Owner, OwnerId, RequestId};
 
@@ -13,7 +15,7 @@ pub(crate) struct OwnerEntry {
     pub key: Owner,
     /// Entries this owner has on each file; a file leaves the map when its
     /// count drops to zero, and the owner is forgotten when the map empties.
-    pub files: HashMap<FileId, u32>,
+    pub files: IdMap<FileId, u32>,
     /// Held lock segments, over all files: an owner with none and no
     /// blocked request can be waited on by no one, which short-cuts the
     /// deadlock search.
@@ -21,11 +23,24 @@ pub(crate) struct OwnerEntry {
     /// Blocked requests, in arrival order (few per owner: one per blocked
     /// client thread).
     pub waiters: Vec<RequestId>,
+    /// In the queue of idle owners (it held nothing at some point since).
+    idle: bool,
 }
+
+impl OwnerEntry {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.waiters.is_empty() && self.segs == 0
+    }
+}
+
+/// How many owners that hold nothing stay interned for reuse: a client that
+/// locks and unlocks over and over then costs no allocation and no map
+/// update per lock for its owner.
+const IDLE_OWNERS_MAX: usize = 256;
 
 #[derive(Default)]
 pub(crate) struct HostEntry {
-    pub owners: HashSet<OwnerId>,
+    pub owners: IdSet<OwnerId>,
     pub entries: usize,
 }
 
@@ -106,7 +121,10 @@ pub(crate) struct Owners {
     /// `short[i]` is the key of `slab[i]`.
     short: Vec<ShortKey>,
     free: Vec<u32>,
-    pub hosts: HashMap<HostId, HostEntry>,
+    pub hosts: IdMap<HostId, HostEntry>,
+    /// Owners that became empty, oldest first, at most [`IDLE_OWNERS_MAX`]
+    /// (some may hold something again since).
+    idle: VecDeque<OwnerId>,
 }
 
 impl Owners {
@@ -120,9 +138,10 @@ impl Owners {
         }
         let entry = OwnerEntry {
             key: owner.clone(),
-            files: HashMap::new(),
+            files: IdMap::default(),
             segs: 0,
             waiters: Vec::new(),
+            idle: false,
         };
         let short = ShortKey(Who::of(owner));
         let id = match self.free.pop() {
@@ -191,16 +210,32 @@ impl Owners {
         }
     }
 
-    /// Forgets the owner if it no longer holds anything, so ids and memory
-    /// are bounded by the entries, not by every owner ever seen.
+    /// Forgets owners that no longer hold anything, so ids and memory are
+    /// bounded by the entries (plus a few idle ones kept for reuse), not by
+    /// every owner ever seen.
     pub fn gc(&mut self, id: OwnerId) {
-        let empty = match self.get(id) {
-            Some(e) => e.files.is_empty() && e.waiters.is_empty() && e.segs == 0,
-            None => false,
+        let Some(e) = self.get_mut(id) else {
+            return;
         };
-        if !empty {
+        if !e.is_empty() || e.idle {
             return;
         }
+        e.idle = true;
+        self.idle.push_back(id);
+        while self.idle.len() > IDLE_OWNERS_MAX {
+            let Some(old) = self.idle.pop_front() else {
+                break;
+            };
+            if let Some(e) = self.get_mut(old) {
+                e.idle = false;
+                if e.is_empty() {
+                    self.forget(old);
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, id: OwnerId) {
         if let Some(e) = self.slab[id.0 as usize].take() {
             self.short[id.0 as usize] = ShortKey(Who::GONE);
             self.map.remove(&e.key);
@@ -214,7 +249,8 @@ impl Owners {
         }
     }
 
+    /// Owners holding something (idle ones kept for reuse do not count).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.slab.iter().flatten().filter(|e| !e.is_empty()).count()
     }
 }

@@ -27,6 +27,56 @@ pub(crate) struct Ages {
 
 const SWEEP_MIN: usize = 1024;
 
+/// An (owner, file) key of [`Ages::held`], owned or borrowed, so that the
+/// table is looked up on every LOCK and UNLOCK without copying the owner
+/// handle and the file handle. Ordered as the owned tuple is (field by
+/// field: host, svid, owner handle, file handle).
+trait HeldKey {
+    fn parts(&self) -> (HostId, u32, &[u8], &[u8]);
+}
+
+impl HeldKey for (Owner, FileKey) {
+    fn parts(&self) -> (HostId, u32, &[u8], &[u8]) {
+        (self.0.host, self.0.svid, &self.0.handle, &self.1 .0)
+    }
+}
+
+impl HeldKey for (&Owner, &FileKey) {
+    fn parts(&self) -> (HostId, u32, &[u8], &[u8]) {
+        (self.0.host, self.0.svid, &self.0.handle, &self.1 .0)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn HeldKey + 'a> for (Owner, FileKey) {
+    fn borrow(&self) -> &(dyn HeldKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn HeldKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn HeldKey + '_ {}
+
+impl PartialOrd for dyn HeldKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn HeldKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+fn held_key<'a>(k: &'a (&'a Owner, &'a FileKey)) -> &'a (dyn HeldKey + 'a) {
+    k
+}
+
 /// What an entry in the lock listing is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
@@ -87,11 +137,8 @@ impl NlmServer {
     /// Hook: a LOCK was answered.
     pub(crate) fn age_lock(&mut self, owner: &Owner, file: &FileKey, a: &LockAnswer, now: u64) {
         match a {
-            LockAnswer::Granted => {
-                self.ages
-                    .held
-                    .entry((owner.clone(), file.clone()))
-                    .or_insert(now);
+            LockAnswer::Granted if !self.ages.held.contains_key(held_key(&(owner, file))) => {
+                self.ages.held.insert((owner.clone(), file.clone()), now);
             }
             LockAnswer::Blocked(id) => {
                 self.ages.queued.entry(*id).or_insert(now);
@@ -118,7 +165,7 @@ impl NlmServer {
     /// Hook: `owner` let go of (part of) `file`.
     pub(crate) fn age_released(&mut self, owner: &Owner, file: &FileKey) {
         if self.engine.held_segments(file, owner) == 0 {
-            self.ages.held.remove(&(owner.clone(), file.clone()));
+            self.ages.held.remove(held_key(&(owner, file)));
         }
     }
 
@@ -164,7 +211,7 @@ impl NlmServer {
                     oh: h.owner.handle.to_vec(),
                     host: self.host_of(h.owner.host),
                     state: EntryState::Held,
-                    age_ms: age(self.ages.held.get(&(h.owner.clone(), file.clone()))),
+                    age_ms: age(self.ages.held.get(held_key(&(&h.owner, &file)))),
                 });
             }
             for b in self.engine.blocked_on(&file) {

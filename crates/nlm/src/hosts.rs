@@ -29,6 +29,16 @@ pub fn name_key(name: &[u8]) -> Vec<u8> {
     name.to_ascii_lowercase()
 }
 
+/// [`name_key`] without a copy when the name is already in lower case (as
+/// addresses and most host names are): every call looks its host up.
+pub fn name_key_ref(name: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if name.iter().any(u8::is_ascii_uppercase) {
+        std::borrow::Cow::Owned(name_key(name))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
 /// IPv4-mapped IPv6 addresses are their IPv4 selves.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -39,7 +49,9 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 
 #[derive(Debug, Default)]
 pub struct Hosts {
-    by_key: HashMap<(Vec<u8>, IpAddr), HostId>,
+    /// By name key, then address (a name rarely comes from more than one):
+    /// looked up by a borrowed name, with no allocation per call.
+    by_key: HashMap<Vec<u8>, Vec<(IpAddr, HostId)>>,
     by_id: BTreeMap<HostId, Host>,
     next_id: u64,
 }
@@ -54,24 +66,44 @@ impl Hosts {
     }
 
     pub fn find(&self, name: &[u8], ip: IpAddr) -> Option<HostId> {
-        self.by_key.get(&(name_key(name), canonical(ip))).copied()
+        let ip = canonical(ip);
+        self.by_key
+            .get(&*name_key_ref(name))?
+            .iter()
+            .find(|(a, _)| *a == ip)
+            .map(|(_, id)| *id)
     }
 
     /// The host for (name, ip), created if there is room.
     pub fn intern(&mut self, name: &[u8], ip: IpAddr, max: usize, now_ms: u64) -> Option<HostId> {
+        self.intern_new(name, ip, max, now_ms).map(|(id, _)| id)
+    }
+
+    /// As [`Hosts::intern`], and whether the host was created by this call
+    /// (one lookup, where `find` then `intern` made two).
+    pub fn intern_new(
+        &mut self,
+        name: &[u8],
+        ip: IpAddr,
+        max: usize,
+        now_ms: u64,
+    ) -> Option<(HostId, bool)> {
         let ip = canonical(ip);
         if let Some(id) = self.find(name, ip) {
             if let Some(h) = self.by_id.get_mut(&id) {
                 h.last_active_ms = now_ms;
             }
-            return Some(id);
+            return Some((id, false));
         }
         if self.by_id.len() >= max {
             return None;
         }
         self.next_id += 1;
         let id = HostId(self.next_id);
-        self.by_key.insert((name_key(name), ip), id);
+        self.by_key
+            .entry(name_key(name))
+            .or_default()
+            .push((ip, id));
         self.by_id.insert(
             id,
             Host {
@@ -83,7 +115,7 @@ impl Hosts {
                 last_active_ms: now_ms,
             },
         );
-        Some(id)
+        Some((id, true))
     }
 
     pub fn get(&self, id: HostId) -> Option<&Host> {
@@ -107,7 +139,13 @@ impl Hosts {
 
     pub fn remove(&mut self, id: HostId) -> Option<Host> {
         let h = self.by_id.remove(&id)?;
-        self.by_key.remove(&(name_key(&h.name), h.ip));
+        let k = name_key_ref(&h.name);
+        if let Some(v) = self.by_key.get_mut(&*k) {
+            v.retain(|&(_, i)| i != id);
+            if v.is_empty() {
+                self.by_key.remove(&*k);
+            }
+        }
         Some(h)
     }
 

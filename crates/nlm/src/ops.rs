@@ -2,7 +2,7 @@
 //! UNSHARE, FREE_ALL, and the status monitor's reboot callback.
 
 use crate::grants::BlockedInfo;
-use crate::hosts::name_key;
+use crate::hosts::name_key_ref;
 use crate::proto::*;
 use crate::server::{Action, NlmServer};
 use latch_lock::{
@@ -117,8 +117,8 @@ impl NlmServer {
             return Stat::StaleFh;
         }
         let name = a.lock.caller_name.as_bytes();
-        let created = self.hosts.find(name, peer).is_none();
-        let Some(host) = self.hosts.intern(name, peer, self.cfg.max_hosts, now) else {
+        let Some((host, created)) = self.hosts.intern_new(name, peer, self.cfg.max_hosts, now)
+        else {
             return Stat::DeniedNolocks;
         };
         let stat = self.lock_as(host, peer, a, vers, nm, msg, now);
@@ -293,12 +293,17 @@ impl NlmServer {
         let Some(h) = self.hosts.get_mut(host) else {
             return;
         };
-        let name = h.name.clone();
         if monitor && !h.monitored {
             h.monitored = true;
-            self.push(Action::Monitor { name: name.clone() });
+            let name = h.name.clone();
+            self.push(Action::Monitor { name });
         }
-        if !self.saved.contains(&name_key(&name)) {
+        // Every LOCK comes here: look the name up without copying it.
+        let saved = self
+            .hosts
+            .get(host)
+            .is_some_and(|h| self.saved.contains(&*name_key_ref(&h.name)));
+        if !saved {
             self.persist_hosts();
         }
     }

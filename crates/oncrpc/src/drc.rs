@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 /// Identifies one request. The checksum of the arguments keeps a client that
 /// reuses an xid for a different request (after a reboot, say) from being
 /// answered with the old reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrcKey {
     pub peer: SocketAddr,
     pub xid: Xid,
@@ -29,18 +29,45 @@ impl DrcKey {
             prog,
             vers,
             proc_,
-            args_sum: fnv1a(args),
+            args_sum: args_sum(args),
         }
     }
 }
 
-/// FNV-1a, 64-bit: fast, deterministic, good enough to tell different
-/// arguments under the same (peer, xid) apart.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// Hashed as five words rather than field by field: every call looks the
+/// cache up, and the keyed (flood-resistant) hasher pays per write. Equal
+/// keys hash equally: the words are functions of the compared fields.
+impl std::hash::Hash for DrcKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let ip = match self.peer.ip() {
+            std::net::IpAddr::V4(a) => u128::from(a.to_bits()),
+            std::net::IpAddr::V6(a) => a.to_bits(),
+        };
+        h.write_u128(ip);
+        h.write_u64(u64::from(self.peer.port()) << 32 | u64::from(self.xid.0));
+        h.write_u64(u64::from(self.prog) << 32 | u64::from(self.vers));
+        h.write_u64(u64::from(self.proc_) ^ self.args_sum);
+    }
+}
+
+/// A checksum of the arguments, eight bytes at a time (a multiply and a
+/// rotate per word, as FxHash does): every cached call pays it, and it only
+/// has to tell different arguments under the same (peer, xid) apart.
+fn args_sum(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let mut h = bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = mix(h, u64::from_le_bytes(a));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut a = [0u8; 8];
+        a[..rest.len()].copy_from_slice(rest);
+        h = mix(h, u64::from_le_bytes(a));
     }
     h
 }
@@ -50,7 +77,41 @@ enum Entry {
     InProgress,
     /// `None`: the procedure sends no reply (the `_MSG` procedures); a
     /// retransmission must still not run it again.
-    Done(Option<Vec<u8>>),
+    Done(Option<Reply>),
+}
+
+/// A cached reply. NLM answers (forty-odd bytes) are kept in place: caching
+/// one and evicting it later then costs no allocation, and no trip to a
+/// long-cold heap block when it is freed.
+#[derive(Debug)]
+enum Reply {
+    Inline { len: u8, buf: [u8; REPLY_INLINE] },
+    Heap(Box<[u8]>),
+}
+
+const REPLY_INLINE: usize = 54;
+
+impl Reply {
+    fn new(b: &[u8]) -> Reply {
+        let mut buf = [0; REPLY_INLINE];
+        match buf.get_mut(..b.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                Reply::Inline {
+                    len: b.len() as u8,
+                    buf,
+                }
+            }
+            None => Reply::Heap(b.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Reply::Inline { len, buf } => buf.get(..usize::from(*len)).unwrap_or(&[]),
+            Reply::Heap(b) => b,
+        }
+    }
 }
 
 /// What to do with an incoming request.
@@ -114,11 +175,11 @@ impl Drc {
             }
             Some(Entry::Done(reply)) => {
                 self.stats.hits += 1;
-                Lookup::Replay(reply.clone())
+                Lookup::Replay(reply.as_ref().map(|r| r.as_slice().to_vec()))
             }
             None => {
                 self.stats.misses += 1;
-                self.make_room(0);
+                self.make_room(1, 0);
                 self.entries.insert(key, Entry::InProgress);
                 self.order.push_back(key);
                 Lookup::New
@@ -134,9 +195,10 @@ impl Drc {
             self.remove(&key);
             return;
         }
-        self.make_room(size);
+        // The entry is already counted: make room for the bytes only.
+        self.make_room(0, size);
         if let Some(e) = self.entries.get_mut(&key) {
-            *e = Entry::Done(reply.map(<[u8]>::to_vec));
+            *e = Entry::Done(reply.map(Reply::new));
             self.bytes += size;
         }
     }
@@ -146,23 +208,30 @@ impl Drc {
         self.remove(key);
     }
 
-    fn remove(&mut self, key: &DrcKey) {
-        if let Some(Entry::Done(Some(r))) = self.entries.remove(key) {
-            self.bytes -= r.len();
+    /// Whether `key` was there.
+    fn remove(&mut self, key: &DrcKey) -> bool {
+        match self.entries.remove(key) {
+            Some(Entry::Done(Some(r))) => {
+                self.bytes -= r.as_slice().len();
+                true
+            }
+            Some(_) => true,
+            // The key stays in `order` and is skipped when it reaches the front.
+            None => false,
         }
-        // The key stays in `order` and is skipped when it reaches the front.
     }
 
-    fn make_room(&mut self, incoming: usize) {
-        while self.entries.len() >= self.max_entries
-            || (self.bytes + incoming > self.max_bytes && !self.entries.is_empty())
+    /// Evicts the oldest entries until `entries` more entries and `bytes`
+    /// more bytes fit.
+    fn make_room(&mut self, entries: usize, bytes: usize) {
+        while self.entries.len() + entries > self.max_entries
+            || (self.bytes + bytes > self.max_bytes && !self.entries.is_empty())
             || self.order.len() > 2 * self.max_entries
         {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if self.entries.contains_key(&old) {
-                self.remove(&old);
+            if self.remove(&old) {
                 self.stats.evictions += 1;
             }
         }

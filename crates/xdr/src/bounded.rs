@@ -4,27 +4,101 @@
 use crate::{Decode, Encode, Error, Reader, Result, Writer};
 use std::fmt;
 
-/// `opaque x<MAX>`, owned.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Opaque<const MAX: u32>(Vec<u8>);
+/// `opaque x<MAX>`, owned. Short values (cookies, owner handles, host
+/// names, most file handles) are kept inline: every NLM call decodes four
+/// of them, and an allocation each was a measurable part of its cost.
+#[derive(Clone)]
+pub struct Opaque<const MAX: u32>(Bytes);
+
+/// Up to [`INLINE`] bytes in place, longer ones on the heap.
+#[derive(Clone)]
+enum Bytes {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+const INLINE: usize = 38;
+
+impl Bytes {
+    fn from_slice(b: &[u8]) -> Bytes {
+        let mut buf = [0; INLINE];
+        match buf.get_mut(..b.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                Bytes::Inline {
+                    len: b.len() as u8,
+                    buf,
+                }
+            }
+            None => Bytes::Heap(b.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, buf } => buf.get(..usize::from(*len)).unwrap_or(&[]),
+            Bytes::Heap(b) => b,
+        }
+    }
+}
 
 impl<const MAX: u32> Opaque<MAX> {
     pub fn new(bytes: Vec<u8>) -> Result<Self> {
         check::<MAX>(bytes.len())?;
-        Ok(Opaque(bytes))
+        Ok(Opaque(if bytes.len() <= INLINE {
+            Bytes::from_slice(&bytes)
+        } else {
+            Bytes::Heap(bytes.into_boxed_slice())
+        }))
     }
 
     pub fn from_slice(bytes: &[u8]) -> Result<Self> {
         check::<MAX>(bytes.len())?;
-        Ok(Opaque(bytes.to_vec()))
+        Ok(Opaque(Bytes::from_slice(bytes)))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
 
     pub fn into_vec(self) -> Vec<u8> {
-        self.0
+        match self.0 {
+            Bytes::Heap(b) => b.into_vec(),
+            i => i.as_slice().to_vec(),
+        }
+    }
+}
+
+impl<const MAX: u32> Default for Opaque<MAX> {
+    fn default() -> Self {
+        Opaque(Bytes::from_slice(&[]))
+    }
+}
+
+// Compared and hashed as the bytes they hold, whatever the storage.
+impl<const MAX: u32> PartialEq for Opaque<MAX> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl<const MAX: u32> Eq for Opaque<MAX> {}
+
+impl<const MAX: u32> std::hash::Hash for Opaque<MAX> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl<const MAX: u32> PartialOrd for Opaque<MAX> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<const MAX: u32> Ord for Opaque<MAX> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
@@ -40,7 +114,7 @@ fn check<const MAX: u32>(len: usize) -> Result<()> {
 
 impl<const MAX: u32> fmt::Debug for Opaque<MAX> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
+        for b in self.as_bytes() {
             write!(f, "{b:02x}")?;
         }
         Ok(())
@@ -49,13 +123,13 @@ impl<const MAX: u32> fmt::Debug for Opaque<MAX> {
 
 impl<const MAX: u32> Encode for Opaque<MAX> {
     fn encode(&self, w: &mut Writer) {
-        w.put_opaque_var(&self.0);
+        w.put_opaque_var(self.as_bytes());
     }
 }
 
 impl<'a, const MAX: u32> Decode<'a> for Opaque<MAX> {
     fn decode(r: &mut Reader<'a>) -> Result<Self> {
-        Ok(Opaque(r.opaque_var(MAX)?.to_vec()))
+        Ok(Opaque(Bytes::from_slice(r.opaque_var(MAX)?)))
     }
 }
 

@@ -1,13 +1,15 @@
 //! Closed-loop load generation shared by the benchmarks: each of K clients
 //! is an OS thread with its own socket and one call in flight, so the figure
-//! is the server's, not a client library's.
+//! is the server's, not a client library's. Two things to compare (NULL and
+//! LOCK+UNLOCK, or two servers) are measured in alternating slices of the
+//! same run by the same threads.
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A program to ping: where, which program and version.
@@ -58,8 +60,10 @@ pub struct Cell {
     pub calls: u64,
     pub errors: u64,
     pub secs: f64,
-    pub p50_us: u64,
-    pub p99_us: u64,
+    /// Latency percentiles, microseconds (recorded in nanoseconds, so
+    /// short round trips are not rounded to whole microseconds).
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 impl Cell {
@@ -171,77 +175,160 @@ impl Conn {
     }
 }
 
-/// Runs K closed-loop workers for `dur`; `make(i)` builds worker i's
-/// operation, which says whether it succeeded. Latencies are per operation.
-pub(crate) fn closed_loop<F>(
+/// How long each side runs before the workers switch to the other.
+pub const SLICE: Duration = Duration::from_millis(200);
+
+/// What one worker saw of one side.
+struct Tally {
+    ok: u64,
+    err: u64,
+    hist: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Result<Tally> {
+        Ok(Tally {
+            ok: 0,
+            err: 0,
+            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+        })
+    }
+}
+
+/// Runs K closed-loop workers, each with two operations `a` and `b` (from
+/// `make(i)`), alternately: every worker runs `a` for a slice of time, then
+/// every worker runs `b`, and so on until each side has had `dur`. Each
+/// operation says whether it succeeded; latencies are per operation.
+///
+/// Measuring the two sides interleaved in short slices, rather than one
+/// after the other, makes whatever else the machine is doing weigh on both
+/// alike, so their ratio means something even on a busy host. Workers start
+/// each slice together and finish their last operation before the next one
+/// begins; only operations completed within the slice are counted.
+pub(crate) fn alternating<A, B>(
     k: usize,
     dur: Duration,
-    make: impl Fn(usize) -> Result<F>,
-) -> Result<Cell>
+    make: impl Fn(usize) -> Result<(A, B)>,
+) -> Result<(Cell, Cell)>
 where
-    F: FnMut() -> Result<bool> + Send + 'static,
+    A: FnMut() -> Result<bool> + Send + 'static,
+    B: FnMut() -> Result<bool> + Send + 'static,
 {
-    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = (dur.as_nanos() / SLICE.as_nanos()).max(1) as u32;
     let mut ops = Vec::with_capacity(k);
     for i in 0..k {
         ops.push(make(i)?);
     }
-    let start = Instant::now();
+    let barrier = Arc::new(Barrier::new(k + 1));
+    // Which side runs (0: a, 1: b, 2: stop), and the slice's end.
+    let side = Arc::new(AtomicUsize::new(0));
+    let epoch = Instant::now();
+    let deadline_ns = Arc::new(AtomicU64::new(0));
+    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let handles: Vec<_> = ops
         .into_iter()
-        .map(|mut op| {
-            let stop = stop.clone();
-            std::thread::spawn(move || -> Result<(u64, u64, Histogram<u64>)> {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-                let (mut ok, mut err) = (0u64, 0u64);
-                while !stop.load(Ordering::Relaxed) {
-                    let t0 = Instant::now();
-                    if op()? {
-                        ok += 1;
-                        h.record(t0.elapsed().as_micros().max(1) as u64)?;
-                    } else {
-                        err += 1;
+        .map(|(mut a, mut b)| {
+            let (barrier, side, deadline_ns, failure) = (
+                barrier.clone(),
+                side.clone(),
+                deadline_ns.clone(),
+                failure.clone(),
+            );
+            std::thread::spawn(move || -> Result<[Tally; 2]> {
+                let mut tally = [Tally::new()?, Tally::new()?];
+                let mut alive = true;
+                loop {
+                    barrier.wait();
+                    let s = side.load(Ordering::Acquire);
+                    if s > 1 {
+                        return Ok(tally);
                     }
+                    let deadline =
+                        epoch + Duration::from_nanos(deadline_ns.load(Ordering::Acquire));
+                    while alive {
+                        let t0 = Instant::now();
+                        if t0 >= deadline {
+                            break;
+                        }
+                        let r = if s == 0 { a() } else { b() };
+                        let t1 = Instant::now();
+                        let t = &mut tally[s];
+                        match r {
+                            Ok(true) if t1 <= deadline => {
+                                t.ok += 1;
+                                t.hist.record((t1 - t0).as_nanos().max(1) as u64)?;
+                            }
+                            Ok(true) => {}
+                            Ok(false) => t.err += 1,
+                            Err(e) => {
+                                // Keep meeting the others at the barrier,
+                                // idle; the error ends the measurement.
+                                alive = false;
+                                failure
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .get_or_insert(e);
+                            }
+                        }
+                    }
+                    barrier.wait();
                 }
-                Ok((ok, err, h))
             })
         })
         .collect();
-    std::thread::sleep(dur);
-    stop.store(true, Ordering::Relaxed);
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut calls, mut errors) = (0, 0);
+    for round in 0..2 * rounds {
+        side.store((round % 2) as usize, Ordering::Release);
+        let end = epoch.elapsed() + SLICE;
+        deadline_ns.store(end.as_nanos() as u64, Ordering::Release);
+        barrier.wait();
+        barrier.wait();
+    }
+    side.store(2, Ordering::Release);
+    barrier.wait();
+    let mut sum = [Tally::new()?, Tally::new()?];
     for h in handles {
-        let (ok, err, hist) = h
+        let t = h
             .join()
             .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
-        calls += ok;
-        errors += err;
-        total.add(hist)?;
+        for (s, t) in sum.iter_mut().zip(t) {
+            s.ok += t.ok;
+            s.err += t.err;
+            s.hist.add(t.hist)?;
+        }
     }
-    Ok(Cell {
-        calls,
-        errors,
-        secs: start.elapsed().as_secs_f64(),
-        p50_us: total.value_at_quantile(0.5),
-        p99_us: total.value_at_quantile(0.99),
-    })
+    if let Some(e) = failure
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        return Err(e);
+    }
+    let secs = (SLICE * rounds).as_secs_f64();
+    let [a, b] = sum.map(|t| Cell {
+        calls: t.ok,
+        errors: t.err,
+        secs,
+        p50_us: t.hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: t.hist.value_at_quantile(0.99) as f64 / 1000.0,
+    });
+    Ok((a, b))
 }
 
-/// K closed-loop clients calling NULL on `t`.
-pub fn measure_null(t: Target, proto: Proto, k: usize, dur: Duration) -> Result<Cell> {
-    closed_loop(k, dur, |i| {
-        let mut c =
-            Conn::open(t.addr, proto).with_context(|| format!("connecting to {}", t.addr))?;
-        let mut buf = vec![0u8; 65536];
-        let mut xid = (i as u32) << 24;
-        Ok(move || -> Result<bool> {
-            xid = xid.wrapping_add(1);
-            let msg = null_call(xid, &t);
-            Ok(match c.round_trip(&msg, xid, &mut buf)? {
-                Some(n) => is_success(&buf[..n], xid),
-                None => false,
-            })
+/// A closed-loop client's NULL call to `t`, over its own connection.
+pub(crate) fn null_op(
+    t: Target,
+    proto: Proto,
+    i: usize,
+) -> Result<impl FnMut() -> Result<bool> + Send + 'static> {
+    let mut c = Conn::open(t.addr, proto).with_context(|| format!("connecting to {}", t.addr))?;
+    let mut buf = vec![0u8; 65536];
+    let mut xid = (i as u32) << 24;
+    Ok(move || -> Result<bool> {
+        xid = xid.wrapping_add(1);
+        let msg = null_call(xid, &t);
+        Ok(match c.round_trip(&msg, xid, &mut buf)? {
+            Some(n) => is_success(&buf[..n], xid),
+            None => false,
         })
     })
 }

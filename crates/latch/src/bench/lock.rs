@@ -4,11 +4,15 @@
 //! NULL rate measured in the same run as the ceiling.
 //!
 //! A pair is two round trips, so the ceiling for pairs is half the NULL
-//! rate. For the contended case the hand-off time is also reported: from
-//! the moment the holder sends UNLOCK to the moment the next waiter's
-//! GRANTED arrives.
+//! rate. The same client threads alternate between NULL calls and pairs in
+//! slices of each cell (see [`alternating`]), so both figures see the same
+//! machine. Per cell: pairs/s and pair latency, NULL calls/s and latency,
+//! `rate` = pairs/s / (NULL/s / 2) and `lat` = pair p50 / (2 x NULL p50).
+//! For the contended case the hand-off time is also reported: from the
+//! moment the holder sends UNLOCK to the moment the next waiter's GRANTED
+//! arrives.
 
-use super::common::{closed_loop, measure_null, word, Cell, Conn, Proto, Target};
+use super::common::{alternating, null_op, word, Cell, Conn, Proto, Target};
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use latch_nlm::proto::{self as nlm, LockArgs, Netobj, Res, Stat, TestArgs, UnlockArgs};
@@ -208,15 +212,22 @@ fn next_xid(i: usize) -> u32 {
     XID.fetch_add(1, Ordering::Relaxed) ^ ((i as u32) << 24)
 }
 
-/// K workers doing LOCK+UNLOCK pairs.
-fn measure_pairs(
+/// K workers doing NULL calls and LOCK+UNLOCK pairs, alternately: the
+/// NULL cell, then the pairs cell.
+fn measure(
     sh: &Arc<Shared>,
     w: Workload,
     proto: Proto,
     k: usize,
     dur: Duration,
-) -> Result<Cell> {
-    closed_loop(k, dur, |i| {
+) -> Result<(Cell, Cell)> {
+    let null_target = Target {
+        addr: sh.server,
+        prog: nlm::PROGRAM,
+        vers: VERS,
+    };
+    alternating(k, dur, |i| {
+        let null = null_op(null_target, proto, i)?;
         let mut c =
             Conn::open(sh.server, proto).with_context(|| format!("connecting to {}", sh.server))?;
         let lock = lock_of(sh, w, i);
@@ -244,7 +255,7 @@ fn measure_pairs(
             VERS,
         );
         let mut buf = vec![0u8; 65536];
-        Ok(move || -> Result<bool> {
+        let pair = move || -> Result<bool> {
             let xid = next_xid(i);
             let n = c.call(&call_bytes(xid, nlm::LOCK, &lock_args), xid, &mut buf, 20)?;
             match (status(&buf[..n], xid), &granted) {
@@ -268,7 +279,8 @@ fn measure_pairs(
                 20,
             )?;
             Ok(status(&buf[..n], xid) == Some(Stat::Granted))
-        })
+        };
+        Ok((null, pair))
     })
 }
 
@@ -291,7 +303,7 @@ pub fn run(o: &Options) -> Result<()> {
         None
     };
     println!(
-        "{:<10} {:<4} {:>3} {:>10} {:>8} {:>8} {:>10} {:>8} {:>9} {:>9}",
+        "{:<10} {:<4} {:>3} {:>8} {:>6} {:>6} {:>8} {:>6} {:>6} {:>6} {:>9} {:>9}",
         "workload",
         "",
         "K",
@@ -299,15 +311,12 @@ pub fn run(o: &Options) -> Result<()> {
         "p50us",
         "p99us",
         "NULL/s",
-        "ratio",
+        "p50us",
+        "rate",
+        "lat",
         "handoff50",
         "handoff99"
     );
-    let null_target = Target {
-        addr: o.server,
-        prog: nlm::PROGRAM,
-        vers: VERS,
-    };
     let mut cell = 0;
     for &w in &o.workloads {
         for &proto in &o.protos {
@@ -319,18 +328,17 @@ pub fn run(o: &Options) -> Result<()> {
                     cell,
                     callbacks: callbacks.clone(),
                 });
-                let null = measure_null(null_target, proto, k, o.dur)?;
                 if let Some(cb) = &callbacks {
                     cb.take_handoffs();
                 }
-                let pairs = measure_pairs(&sh, w, proto, k, o.dur)?;
+                let (null, pairs) = measure(&sh, w, proto, k, o.dur)?;
                 let handoff = callbacks.as_ref().and_then(|cb| cb.take_handoffs());
                 let (h50, h99) = match (w, handoff) {
                     (Workload::Contended, Some((_, a, b))) => (a.to_string(), b.to_string()),
                     _ => ("-".into(), "-".into()),
                 };
                 println!(
-                    "{:<10} {:<4} {:>3} {:>10.0} {:>8} {:>8} {:>10.0} {:>8.2} {:>9} {:>9}",
+                    "{:<10} {:<4} {:>3} {:>8.0} {:>6.0} {:>6.0} {:>8.0} {:>6.1} {:>6.2} {:>6.2} {:>9} {:>9}",
                     w.name(),
                     proto.name(),
                     k,
@@ -338,12 +346,17 @@ pub fn run(o: &Options) -> Result<()> {
                     pairs.p50_us,
                     pairs.p99_us,
                     null.rate(),
+                    null.p50_us,
                     pairs.rate() / (null.rate() / 2.0),
+                    pairs.p50_us / (2.0 * null.p50_us),
                     h50,
                     h99
                 );
-                if pairs.errors > 0 {
-                    println!("    ({} pairs failed)", pairs.errors);
+                if pairs.errors > 0 || null.errors > 0 {
+                    println!(
+                        "    ({} pairs failed, {} NULL calls unanswered)",
+                        pairs.errors, null.errors
+                    );
                 }
             }
         }

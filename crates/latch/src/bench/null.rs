@@ -1,10 +1,11 @@
 //! `latch bench null`: NULL round trips per second against a target server
 //! and a reference server (e.g. the system rpcbind) in the same run.
 //!
-//! The two servers are measured alternately, cell by cell, so a
-//! noisy neighbour hurts both alike.
+//! The two servers are measured alternately, in slices of each cell, by the
+//! same client threads, so a noisy neighbour hurts both alike. Without a
+//! reference, the target fills both sides.
 
-use super::common::{measure_null as measure, Proto, Target};
+use super::common::{alternating, null_op, Proto, Target};
 use anyhow::Result;
 use std::time::Duration;
 
@@ -22,12 +23,15 @@ pub fn run(
     );
     for &proto in protos {
         for &k in ks {
-            let a = measure(target, proto, k, dur)?;
-            let b = reference.map(|r| measure(r, proto, k, dur)).transpose()?;
+            let other = reference.unwrap_or(target);
+            let (a, b) = alternating(k, dur, |i| {
+                Ok((null_op(target, proto, i)?, null_op(other, proto, i)?))
+            })?;
+            let b = reference.map(|_| b);
             let name = proto.name();
             match b {
                 Some(b) => println!(
-                    "{:<4} {:>3} {:>12.0} {:>8} {:>8} {:>12.0} {:>8} {:>8} {:>7.2}",
+                    "{:<4} {:>3} {:>12.0} {:>8.1} {:>8.1} {:>12.0} {:>8.1} {:>8.1} {:>7.2}",
                     name,
                     k,
                     a.rate(),
@@ -39,7 +43,7 @@ pub fn run(
                     a.rate() / b.rate()
                 ),
                 None => println!(
-                    "{:<4} {:>3} {:>12.0} {:>8} {:>8}",
+                    "{:<4} {:>3} {:>12.0} {:>8.1} {:>8.1}",
                     name,
                     k,
                     a.rate(),
