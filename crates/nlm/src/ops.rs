@@ -2,7 +2,7 @@
 //! UNSHARE, FREE_ALL, and the status monitor's reboot callback.
 
 use crate::grants::BlockedInfo;
-use crate::hosts::name_key_ref;
+use crate::hosts::{name_key, name_key_ref};
 use crate::proto::*;
 use crate::server::{Action, NlmServer};
 use latch_lock::{
@@ -260,7 +260,7 @@ impl NlmServer {
     fn name_saved(&self, host: HostId) -> bool {
         self.hosts
             .get(host)
-            .is_some_and(|h| self.saved.contains(&name_key(&h.name)))
+            .is_some_and(|h| self.saved.contains(&*name_key_ref(&h.name)))
     }
 
     /// Puts `host`'s name on the durable list of hosts holding state: a
