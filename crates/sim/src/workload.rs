@@ -74,6 +74,9 @@ pub struct Prog {
     /// What each unanswered UNLOCK or LOCK gave up of the belief at once
     /// (file, excl, shared before): a `Busy` refusal gives it back.
     gave_up: BTreeMap<u64, (usize, u64, u64)>,
+    /// The share each unanswered UNSHARE gave up: a `Busy` refusal gives
+    /// it back.
+    unshared: BTreeMap<u64, (usize, (u32, u32, u32))>,
 }
 
 /// Gives program `p` of host `h` a fresh connection.
@@ -182,7 +185,7 @@ pub(crate) fn step(w: &mut World, h: usize, p: usize) -> u64 {
             let op = if held {
                 ClientOp::Unshare
             } else {
-                let access = w.rng.range(1, 4) as u32;
+                let access = w.rng.range(1, 3) as u32;
                 let deny = w.rng.below(4) as u32;
                 ClientOp::Share { access, deny }
             };
@@ -300,8 +303,8 @@ fn request(w: &mut World, h: usize, p: usize, r: Req) {
         ClientOp::Test | ClientOp::Share { .. } => {}
         // Once it asks to unshare, the program no longer relies on it.
         ClientOp::Unshare => {
-            if let Some(b) = prog.belief.get_mut(r.file) {
-                b.share = None;
+            if let Some(old) = prog.belief.get_mut(r.file).and_then(|b| b.share.take()) {
+                prog.unshared.insert(req, (r.file, old));
             }
         }
     }
@@ -340,6 +343,11 @@ pub(crate) fn on_event(w: &mut World, h: usize, conn: u64, ev: LocalEvent) {
                 prog.outstanding = None;
             }
             let gave_up = prog.gave_up.remove(&req);
+            if let (Outcome::Busy, Some((file, old))) = (&outcome, prog.unshared.remove(&req)) {
+                if let Some(b) = prog.belief.get_mut(file) {
+                    b.share = Some(old);
+                }
+            }
             if let (Outcome::Busy, Some((file, excl, shared))) = (&outcome, gave_up) {
                 // Refused without being sent: what the program held, it
                 // still holds.
