@@ -627,6 +627,60 @@ impl ClientCore {
         pending || (matches!(op, ClientOp::Share { .. }) && held)
     }
 
+    /// Sends a lingering UNLOCK or UNSHARE again, for what its owner does
+    /// not hold, ask for or wait for now (a whole-file UNLOCK of a closed
+    /// connection is all of that).
+    fn linger_due(&mut self, f: InFlight) {
+        let conn = f.conn;
+        let (s, e) = span(&f.lock);
+        let overlaps = |c: ConnId, l: &RemoteLock| {
+            let (ls, le) = span(l);
+            c == conn && same_file(l, &f.lock) && ls <= e && s <= le
+        };
+        let busy = self
+            .in_flight
+            .values()
+            .any(|x| x.op != Op::Test && overlaps(x.conn, &x.lock))
+            || self.waiting.values().any(|w| overlaps(w.conn, &w.lock))
+            || self.held_back.iter().any(|(c, _, _, l)| overlaps(*c, l));
+        match f.op {
+            _ if busy => {}
+            Op::Unlock => {
+                for l in self.not_held(conn, &f.lock) {
+                    self.send(InFlight {
+                        lock: l,
+                        ..f.clone()
+                    });
+                }
+            }
+            Op::Unshare => {
+                let held = self
+                    .shares
+                    .iter()
+                    .any(|(c, l, ..)| *c == conn && same_file(l, &f.lock));
+                if !held {
+                    self.send(f);
+                }
+            }
+            _ => self.send(f),
+        }
+    }
+
+    /// Queues `f` (an UNLOCK or UNSHARE undoing a call that got no answer)
+    /// to be sent once more [`LINGER_MS`] from now: the call's datagram
+    /// may still be in the network and take the lock after the first undo.
+    fn linger_later(&mut self, f: &InFlight) {
+        if self.linger.len() < self.cfg.max_entries {
+            self.linger.push((
+                None,
+                InFlight {
+                    req: None,
+                    ..f.clone()
+                },
+            ));
+        }
+    }
+
     /// Whether reclaims to `server` are still under way (in flight, or to
     /// be sent again). Like Linux's lock manager, we send that server no
     /// new LOCK or TEST meanwhile: a server takes a host's first ordinary
@@ -1129,6 +1183,11 @@ impl ClientCore {
                 if f.req
                     .is_some_and(|r| self.waiting.contains_key(&(f.conn, r))) => {}
             Op::Lock { block } => {
+                let undo = InFlight {
+                    op: Op::Unlock,
+                    ..f.clone()
+                };
+                self.linger_later(&undo);
                 for l in self.not_held(f.conn, &f.lock) {
                     let op = if block { Op::Cancel } else { Op::Unlock };
                     self.cleanup_later.push(InFlight {
@@ -1163,12 +1222,14 @@ impl ClientCore {
             Op::Share { reclaim: true, .. } => self.share_later.push(f),
             // It may have been taken: undone until the server hears it.
             Op::Share { .. } => {
+                let undo = InFlight {
+                    req: None,
+                    op: Op::Unshare,
+                    ..f.clone()
+                };
+                self.linger_later(&undo);
                 if self.cleanup_later.len() < self.cfg.max_entries {
-                    self.cleanup_later.push(InFlight {
-                        req: None,
-                        op: Op::Unshare,
-                        ..f.clone()
-                    });
+                    self.cleanup_later.push(undo);
                 }
                 self.failed(f, why);
             }
@@ -1421,7 +1482,7 @@ impl ClientCore {
             .partition(|(at, _)| *at <= now_ms);
         self.linger = later.into_iter().map(|(at, f)| (Some(at), f)).collect();
         for (_, f) in due {
-            self.send(f);
+            self.linger_due(f);
         }
         for f in std::mem::take(&mut self.share_later) {
             self.send(f);
