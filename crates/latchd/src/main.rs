@@ -155,6 +155,13 @@ async fn run(cfg: Config) -> Result<()> {
         let state = nsm_service::lock(&n.core).state();
         nlm_service::lock(&nlm_core).client.set_nsm_state(state);
         nlm_service::lock(&nlm_core).set_boot(state);
+        let to_tell: Vec<Vec<u8>> = nsm_service::lock(&n.core)
+            .to_notify()
+            .map(<[u8]>::to_vec)
+            .collect();
+        nlm_service::lock(&nlm_core)
+            .client
+            .set_announcing(to_tell.iter().map(Vec::as_slice));
     } else {
         // The system's statd keeps the state number; any value that differs
         // from one start to the next does for GRANTED cookies.
@@ -218,6 +225,7 @@ async fn run(cfg: Config) -> Result<()> {
             out: outbound.clone(),
             local_rpcbind_port: cfg.rpcbind.port,
             notify_timeout: Duration::from_millis(cfg.nsm.notify_timeout_ms),
+            announced: Some(nlm_core.clone()),
         });
         tokio::spawn(d.run())
     });

@@ -90,6 +90,9 @@ pub struct Driver {
     pub out: Arc<Outbound>,
     pub local_rpcbind_port: u16,
     pub notify_timeout: Duration,
+    /// Told when a host has been told of our restart (or given up on), so
+    /// the client side may send it SHAREs.
+    pub announced: Option<crate::nlm_service::Core>,
 }
 
 /// Bound on outgoing work in flight.
@@ -140,6 +143,9 @@ impl Driver {
                     tracing::info!(host = %String::from_utf8_lossy(&host), "told of our restart");
                 } else {
                     tracing::warn!(host = %String::from_utf8_lossy(&host), "gave up telling it of our restart");
+                }
+                if let Some(nlm) = &self.announced {
+                    crate::nlm_service::lock(nlm).client.announced(&host);
                 }
             }
         }

@@ -204,6 +204,10 @@ pub struct ClientCore {
     held_back: Vec<(ConnId, ReqId, ClientOp, RemoteLock)>,
     /// Share reservations held: (conn, file, access, deny).
     shares: Vec<(ConnId, RemoteLock, u32, u32)>,
+    /// Servers our status monitor has yet to tell of our restart (name
+    /// keys). A SHARE carries no NSM state, so one sent to such a server
+    /// before the notice arrives would be freed by it: they wait (`Grace`).
+    announcing: std::collections::BTreeSet<Vec<u8>>,
     /// Share reclaims the server was not ready for: sent again next tick.
     share_later: Vec<InFlight>,
     /// Files each connection asked a share on, unshared when it closes
@@ -317,6 +321,16 @@ impl ClientCore {
 
     pub fn set_nsm_state(&mut self, state: u32) {
         self.nsm_state = state;
+    }
+
+    /// The servers our status monitor is about to tell of our restart.
+    pub fn set_announcing<'a>(&mut self, names: impl IntoIterator<Item = &'a [u8]>) {
+        self.announcing = names.into_iter().map(crate::hosts::name_key).collect();
+    }
+
+    /// Our status monitor told `name` of our restart, or gave up.
+    pub fn announced(&mut self, name: &[u8]) {
+        self.announcing.remove(&crate::hosts::name_key(name));
     }
 
     /// A number that differs from one start to the next (part of every
@@ -505,7 +519,12 @@ impl ClientCore {
             || (sharing && self.share_unresolved(conn, &lock, op))
         {
             Some(Outcome::Busy)
-        } else if fresh && self.reclaiming(lock.server) {
+        } else if (fresh && self.reclaiming(lock.server))
+            || (matches!(op, ClientOp::Share { .. })
+                && self
+                    .announcing
+                    .contains(&crate::hosts::name_key(&lock.server_name)))
+        {
             // What the server answers in grace. Sent now, it would also
             // tell the server our recovery is over while reclaims are
             // still on their way, and its grace could end before them.

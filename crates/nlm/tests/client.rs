@@ -927,3 +927,25 @@ fn share_reservations_through_the_client_side() {
     n.remote(1, 1, 5, share(1, 0), 0, 0, 0, false);
     assert_eq!(n.events(1), vec![(1, reply(5, Outcome::Granted))]);
 }
+
+/// After our restart, no SHARE goes to a server our status monitor has not
+/// told of it yet: SHARE carries no NSM state, and the late notice would
+/// free it (found by the simulator).
+#[test]
+fn no_share_goes_to_a_server_not_yet_told_of_our_restart() {
+    let mut n = Net::new(2);
+    n.hosts[1]
+        .nlm
+        .lock()
+        .unwrap()
+        .client
+        .set_announcing([&b"10.0.0.1"[..]]);
+    let before = n.hosts[1].sent;
+    let share = ClientOp::Share { access: 1, deny: 0 };
+    n.remote(1, 1, 1, share, 0, 0, 0, false);
+    assert_eq!(n.events(1), vec![(1, reply(1, Outcome::Grace))]);
+    assert_eq!(n.hosts[1].sent, before, "nothing sent");
+    n.hosts[1].nlm.lock().unwrap().client.announced(b"10.0.0.1");
+    n.remote(1, 1, 2, share, 0, 0, 0, false);
+    assert_eq!(n.events(1), vec![(1, reply(2, Outcome::Granted))]);
+}

@@ -659,6 +659,10 @@ impl World {
         let nlm = Arc::new(Mutex::new(server));
         lk(&nlm).client.set_nsm_state(state);
         lk(&nlm).set_boot(state);
+        let to_tell: Vec<Vec<u8>> = nsm.to_notify().map(<[u8]>::to_vec).collect();
+        lk(&nlm)
+            .client
+            .set_announcing(to_tell.iter().map(Vec::as_slice));
         let nsm = Arc::new(Mutex::new(nsm));
         let mut d = Dispatcher::new(Drc::new(4096, 4 << 20));
         d.register(Box::new(SharedNlm(nlm.clone())));
@@ -1113,6 +1117,7 @@ impl World {
             Purpose::Notify(mut job) => {
                 if result.is_ok() {
                     lk(&l.nsm).notify_done(&job.host);
+                    lk(&l.nlm).client.announced(&job.host);
                     self.log(format!(
                         "host {h} notified {}",
                         String::from_utf8_lossy(&job.host)
@@ -1123,6 +1128,7 @@ impl World {
                     job.delay = (delay * 2).min(60_000);
                     self.after(delay, Ev::NotifyRetry { host: h, inc, job });
                 } else {
+                    lk(&l.nlm).client.announced(&job.host);
                     self.log(format!("host {h} gave up notifying"));
                 }
             }
