@@ -322,7 +322,7 @@ impl Engine {
     pub fn release_owner(&mut self, owner: &Owner) -> Reply<()> {
         let mut events = Vec::new();
         if let Some(oid) = self.owners.lookup(owner) {
-            self.release(&[oid], &mut events);
+            self.release(&[oid], &[], &mut events);
         }
         reply((), events)
     }
@@ -330,6 +330,19 @@ impl Engine {
     /// Everything of every owner of one host goes (client reboot, NLM
     /// FREE_ALL). Nothing is granted to the host being released.
     pub fn release_host(&mut self, host: HostId) -> Reply<()> {
+        self.release_host_keeping(host, &[])
+    }
+
+    /// [`Engine::release_host`], except for the shares `keep` names (those
+    /// of another host or of no one are ignored). The lock manager keeps the
+    /// shares a host may have asked since its reboot when it learns of that
+    /// reboot late.
+    pub fn release_host_keeping(&mut self, host: HostId, keep: &[(FileKey, Owner)]) -> Reply<()> {
+        let kept: Vec<(FileId, OwnerId)> = keep
+            .iter()
+            .filter(|(_, o)| o.host == host)
+            .filter_map(|(f, o)| Some((self.file_lookup(f)?, self.owners.lookup(o)?)))
+            .collect();
         let mut events = Vec::new();
         let mut owners: Vec<OwnerId> = match self.owners.hosts.get(&host) {
             Some(h) => h.owners.iter().copied().collect(),
@@ -337,13 +350,13 @@ impl Engine {
         };
         // Sorted so that nothing depends on hash order.
         owners.sort();
-        self.release(&owners, &mut events);
+        self.release(&owners, &kept, &mut events);
         reply((), events)
     }
 
     /// Removes everything of `owners` first and wakes waiters after, so that
     /// no grant goes to an owner that is on its way out.
-    fn release(&mut self, owners: &[OwnerId], events: &mut Vec<Event>) {
+    fn release(&mut self, owners: &[OwnerId], keep: &[(FileId, OwnerId)], events: &mut Vec<Event>) {
         let mut touched: BTreeMap<FileId, Vec<Range>> = BTreeMap::new();
         for &oid in owners {
             let Some(o) = self.owners.get(oid) else {
@@ -369,7 +382,9 @@ impl Engine {
                 }
                 let ranges = touched.entry(fid).or_default();
                 ranges.extend(plan.weakened);
-                self.drop_share(fid, oid);
+                if !keep.contains(&(fid, oid)) {
+                    self.drop_share(fid, oid);
+                }
                 if self.remove_lease(fid, oid) {
                     ranges.push(Range::ALL);
                 }

@@ -425,6 +425,50 @@ fn release_host_frees_everything_and_grants_others() {
 }
 
 #[test]
+fn release_host_keeping_keeps_only_the_named_shares() {
+    let mut e = Engine::new(Limits::default());
+    let sh = Share {
+        access: ShareBits::READ,
+        deny: ShareBits::WRITE,
+    };
+    let (f, g) = (fk(), FileKey::new(b"other"));
+    // Owners 1 and 4 are on host 1, owner 2 on host 2.
+    for (file, o) in [(&f, 1), (&g, 1), (&f, 4), (&f, 2)] {
+        assert_eq!(
+            e.share(file, &own(o), sh, false, 0).unwrap().answer,
+            ShareAnswer::Granted
+        );
+    }
+    granted(&mut e, 4, rg(0, 9), X);
+    // Owner 2's share is another host's: naming it changes nothing.
+    let keep = [(g.clone(), own(1)), (f.clone(), own(2))];
+    let _ = e.release_host_keeping(HostId(1), &keep);
+    let on = |e: &Engine, file: &FileKey| -> Vec<u32> {
+        let mut v: Vec<u32> = e.shares_on(file).iter().map(|(o, _)| o.svid).collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(on(&e, &f), vec![2]);
+    assert_eq!(on(&e, &g), vec![1]);
+    assert_eq!(e.host_entries(HostId(1)), 1);
+    // Host 1's lock went: another owner gets the range.
+    granted(&mut e, 5, rg(0, 9), X);
+    // The kept share still stands against a conflicting one.
+    let w = Share {
+        access: ShareBits::WRITE,
+        deny: ShareBits::NONE,
+    };
+    assert_eq!(
+        e.share(&g, &own(2), w, false, 0).unwrap().answer,
+        ShareAnswer::Denied
+    );
+    // And a plain release frees it.
+    let _ = e.release_host(HostId(1));
+    assert_eq!(on(&e, &g), Vec::<u32>::new());
+    assert_eq!(e.host_entries(HostId(1)), 0);
+}
+
+#[test]
 fn liveness_random_schedules() {
     // A small LCG: deterministic, no RNG crate needed.
     let mut seed = 0x2545_f491_4f6c_dd1du64;

@@ -206,7 +206,10 @@ pub struct ClientCore {
     shares: Vec<(ConnId, RemoteLock, u32, u32)>,
     /// Servers our status monitor has yet to tell of our restart (name
     /// keys). A SHARE carries no NSM state, so one sent to such a server
-    /// before the notice arrives would be freed by it: they wait (`Grace`).
+    /// before the notice arrives would be freed by it; a LOCK would tell
+    /// the server of our reboot before the notice does, which then finds
+    /// nothing newer to free, and an old start's shares would stay. Both
+    /// wait (`Grace`).
     announcing: std::collections::BTreeSet<Vec<u8>>,
     /// Share reclaims the server was not ready for: sent again next tick.
     share_later: Vec<InFlight>,
@@ -227,6 +230,13 @@ pub struct ClientCore {
     linger: Vec<(Option<u64>, InFlight)>,
     /// Reclaims to send again (the server was not ready for them).
     reclaim_later: Vec<Entry>,
+    /// Reclaims (of locks and shares) sent in the last [`LINGER_MS`], and
+    /// until when they count (stamped at the next tick). A copy of one,
+    /// delayed in the network, can reach the server's next start during
+    /// its grace and be granted there after the lock was let go (seed
+    /// 0x19478): when that next start's notice comes, each is undone
+    /// [`LINGER_MS`] later, for what its owner no longer holds.
+    recent_reclaims: Vec<(Option<u64>, InFlight)>,
     /// UNLOCKs and CANCELs that did not get through: sent again until they
     /// do, or the server is known to have restarted, so that no lock is
     /// left held on a server forever.
@@ -485,6 +495,21 @@ impl ClientCore {
         self.next_token += 1;
         let (proc_, args) = self.encode(&f, token);
         let server = f.lock.server;
+        let undo = match f.op {
+            Op::Reclaim => Some(Op::Unlock),
+            Op::Share { reclaim: true, .. } => Some(Op::Unshare),
+            _ => None,
+        };
+        if let Some(op) = undo {
+            if self.recent_reclaims.len() < self.cfg.max_entries {
+                let undo = InFlight {
+                    req: None,
+                    op,
+                    ..f.clone()
+                };
+                self.recent_reclaims.push((None, undo));
+            }
+        }
         self.actions.push(ClientAction::Call {
             token,
             server,
@@ -520,7 +545,7 @@ impl ClientCore {
         {
             Some(Outcome::Busy)
         } else if (fresh && self.reclaiming(lock.server))
-            || (matches!(op, ClientOp::Share { .. })
+            || (matches!(op, ClientOp::Share { .. } | ClientOp::Lock { .. })
                 && self
                     .announcing
                     .contains(&crate::hosts::name_key(&lock.server_name)))
@@ -1398,6 +1423,13 @@ impl ClientCore {
         }
         // Whatever they would have undone is gone with the server's state.
         self.cleanup_later.retain(|f| !matches(&f.lock));
+        let (late, recent): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recent_reclaims)
+            .into_iter()
+            .partition(|(_, f)| matches(&f.lock));
+        self.recent_reclaims = recent;
+        for (_, undo) in late {
+            self.linger_later(&undo);
+        }
         let (shares, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.shares)
             .into_iter()
             .partition(|(_, l, ..)| matches(l));
@@ -1495,6 +1527,12 @@ impl ClientCore {
         for f in std::mem::take(&mut self.cleanup_later) {
             self.send(f);
         }
+        self.recent_reclaims = std::mem::take(&mut self.recent_reclaims)
+            .into_iter()
+            .map(|(at, f)| (at.unwrap_or(now_ms + LINGER_MS), f))
+            .filter(|(at, _)| *at > now_ms)
+            .map(|(at, f)| (Some(at), f))
+            .collect();
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.linger)
             .into_iter()
             .map(|(at, f)| (at.unwrap_or(now_ms + LINGER_MS), f))

@@ -22,7 +22,15 @@ pub struct Host {
     /// Whether we asked the status monitor to watch it.
     pub monitored: bool,
     pub last_active_ms: u64,
+    /// Shares granted since `nsm_state` was last heard (in a LOCK or a
+    /// reboot notice), at most [`FRESH_SHARES_MAX`]. A SHARE carries no
+    /// state, so these may be a newer start's: a LOCK that then tells of a
+    /// reboot leaves them alone.
+    pub fresh_shares: Vec<(latch_lock::FileKey, latch_lock::Owner)>,
 }
+
+/// Bound on [`Host::fresh_shares`]; past it a share counts as an old one.
+pub const FRESH_SHARES_MAX: usize = 64;
 
 /// Names compare as DNS names do.
 pub fn name_key(name: &[u8]) -> Vec<u8> {
@@ -113,6 +121,7 @@ impl Hosts {
                 nsm_state: 0,
                 monitored: false,
                 last_active_ms: now_ms,
+                fresh_shares: Vec::new(),
             },
         );
         Some((id, true))

@@ -237,21 +237,33 @@ impl NlmServer {
     /// an older state was sent before a reboot we know of (a datagram
     /// delayed in the network, found by the simulator): it would give a
     /// lock to a process that no longer exists, so it is refused (`true`).
+    ///
+    /// Shares granted since the old state was last heard are kept: a SHARE
+    /// carries no state, and a host whose previous start held nothing here
+    /// (so had no reboot to announce to us) may have asked them after its
+    /// restart, before this LOCK (seed 0x194f0). An older start's shares
+    /// are freed by its reboot notice, which our client side lets reach a
+    /// server before its first LOCK or SHARE there.
     fn check_reboot(&mut self, host: HostId, state: u32, now: u64) -> bool {
         let Some(h) = self.hosts.get_mut(host) else {
             return false;
         };
         let known = h.nsm_state;
-        if state == 0 || state == known {
+        if state == 0 {
+            return false;
+        }
+        if state == known {
+            h.fresh_shares.clear();
             return false;
         }
         if known != 0 && state < known {
             return true;
         }
         h.nsm_state = state;
+        let keep = std::mem::take(&mut h.fresh_shares);
         if known != 0 {
             self.stats.reboots_detected += 1;
-            self.release_host(host, now);
+            self.release_host_keeping(host, &keep, now);
         }
         false
     }
@@ -426,6 +438,14 @@ impl NlmServer {
         self.deliver(reply.events, now);
         match reply.answer {
             ShareAnswer::Granted => {
+                if let Some(h) = self.hosts.get_mut(host) {
+                    let mine = (file, owner);
+                    if h.fresh_shares.len() < crate::hosts::FRESH_SHARES_MAX
+                        && !h.fresh_shares.contains(&mine)
+                    {
+                        h.fresh_shares.push(mine);
+                    }
+                }
                 self.note_state(host, true);
                 Stat::Granted
             }
@@ -477,6 +497,7 @@ impl NlmServer {
             self.release_host(host, now);
             if let Some(h) = self.hosts.get_mut(host) {
                 h.nsm_state = s.state;
+                h.fresh_shares.clear();
             }
         }
         self.grace.host_gone(name);
@@ -487,7 +508,12 @@ impl NlmServer {
 
     /// Everything of `host` goes; waiters it blocked are granted.
     pub(crate) fn release_host(&mut self, host: HostId, now: u64) {
-        let reply = self.engine.release_host(host);
+        self.release_host_keeping(host, &[], now);
+    }
+
+    /// [`Self::release_host`] but for the shares `keep` names.
+    fn release_host_keeping(&mut self, host: HostId, keep: &[(FileKey, Owner)], now: u64) {
+        let reply = self.engine.release_host_keeping(host, keep);
         self.age_host_released(host);
         self.grants.forget_host(host);
         self.deliver(reply.events, now);

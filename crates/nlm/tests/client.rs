@@ -930,9 +930,11 @@ fn share_reservations_through_the_client_side() {
 
 /// After our restart, no SHARE goes to a server our status monitor has not
 /// told of it yet: SHARE carries no NSM state, and the late notice would
-/// free it (found by the simulator).
+/// free it (found by the simulator). No LOCK either: it would tell of the
+/// reboot first, and the notice would then free none of the old start's
+/// shares.
 #[test]
-fn no_share_goes_to_a_server_not_yet_told_of_our_restart() {
+fn no_share_or_lock_goes_to_a_server_not_yet_told_of_our_restart() {
     let mut n = Net::new(2);
     n.hosts[1]
         .nlm
@@ -944,8 +946,12 @@ fn no_share_goes_to_a_server_not_yet_told_of_our_restart() {
     let share = ClientOp::Share { access: 1, deny: 0 };
     n.remote(1, 1, 1, share, 0, 0, 0, false);
     assert_eq!(n.events(1), vec![(1, reply(1, Outcome::Grace))]);
+    n.remote(1, 1, 3, ClientOp::Lock { wait: false }, 0, 0, 9, true);
+    assert_eq!(n.events(1), vec![(1, reply(3, Outcome::Grace))]);
     assert_eq!(n.hosts[1].sent, before, "nothing sent");
     n.hosts[1].nlm.lock().unwrap().client.announced(b"10.0.0.1");
     n.remote(1, 1, 2, share, 0, 0, 0, false);
     assert_eq!(n.events(1), vec![(1, reply(2, Outcome::Granted))]);
+    n.remote(1, 1, 4, ClientOp::Lock { wait: false }, 0, 0, 9, true);
+    assert_eq!(n.events(1), vec![(1, reply(4, Outcome::Granted))]);
 }

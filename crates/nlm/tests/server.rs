@@ -536,6 +536,83 @@ fn a_lock_with_a_newer_nsm_state_drops_the_clients_old_locks() {
     assert_eq!(r.srv.lock().unwrap().stats.stale_requests, 1);
 }
 
+/// A SHARE carries no NSM state. One granted after the host's state was
+/// last heard may come from a newer start, so the LOCK that then tells of
+/// that reboot keeps it; one granted before is the old start's and goes
+/// (seed 0x194f0).
+#[test]
+fn a_reboot_told_by_a_lock_keeps_the_shares_asked_since_the_state_was_heard() {
+    let mut r = Rig::default();
+    let sh = |file: &[u8], oh: &[u8]| ShareArgs {
+        cookie: cookie(b"s"),
+        share: ShareLock {
+            caller_name: Name::from_text("a").unwrap(),
+            fh: Netobj::from_slice(file).unwrap(),
+            oh: Netobj::from_slice(oh).unwrap(),
+            mode: 2,
+            access: 1,
+        },
+        reclaim: false,
+    };
+    let writer = |file: &[u8]| ShareArgs {
+        cookie: cookie(b"w"),
+        share: ShareLock {
+            caller_name: Name::from_text("c").unwrap(),
+            fh: Netobj::from_slice(file).unwrap(),
+            oh: Netobj::from_slice(b"c").unwrap(),
+            mode: 0,
+            access: 2,
+        },
+        reclaim: false,
+    };
+    let share = |r: &mut Rig, from, a: &ShareArgs| {
+        decode::<ShareRes>(&r.call(from, 4, SHARE, &encode(a, 4)), 4)
+            .unwrap()
+            .stat
+    };
+    let lock_at = |r: &mut Rig, file: &[u8], state: u32| {
+        let mut args = la(&lk("a", 1, file, 0, 0), true, false);
+        args.state = state;
+        r.lock(A, 4, &args)
+    };
+    // State 3 heard, then a share: it might be state 3's or a newer one's.
+    assert_eq!(lock_at(&mut r, b"l1", 3), Stat::Granted);
+    assert_eq!(share(&mut r, A, &sh(b"old", b"o")), Stat::Granted);
+    // State 3 heard again: that share is state 3's now.
+    assert_eq!(lock_at(&mut r, b"l2", 3), Stat::Granted);
+    assert_eq!(share(&mut r, A, &sh(b"new", b"n")), Stat::Granted);
+    // The LOCK of state 5 tells of a reboot.
+    assert_eq!(lock_at(&mut r, b"l3", 5), Stat::Granted);
+    assert_eq!(r.srv.lock().unwrap().stats.reboots_detected, 1);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"l1", 0, 0), true).stat,
+        Stat::Granted,
+        "state 3's locks are gone"
+    );
+    assert_eq!(
+        share(&mut r, C, &writer(b"old")),
+        Stat::Granted,
+        "old share gone"
+    );
+    assert_eq!(
+        share(&mut r, C, &writer(b"new")),
+        Stat::Denied,
+        "newer share kept"
+    );
+    // A reboot notice frees everything, kept shares included.
+    let notice = SmStatus {
+        mon_name: Name::from_text("a").unwrap(),
+        state: 7,
+        priv_: Default::default(),
+    };
+    r.call("127.0.0.1:700", 3, SM_NOTIFY, &encode(&notice, 3));
+    assert_eq!(
+        share(&mut r, C, &writer(b"new")),
+        Stat::Granted,
+        "freed by the notice"
+    );
+}
+
 #[test]
 fn the_monitor_is_asked_once_per_host_and_never_for_nm_lock() {
     let mut r = Rig::default();
