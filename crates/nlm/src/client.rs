@@ -305,9 +305,17 @@ impl Remembered {
 /// latchd restarts; the boot number keeps the owners of two incarnations
 /// apart, so a GRANTED meant for the last one (sent before the server
 /// learnt of the restart) matches no wait of this one.
-fn owner(cfg: &ClientConfig, boot: u32, conn: ConnId) -> (u32, Vec<u8>) {
+/// A connection's lock owner: `<our name>#<boot hex>-<conn>`, and
+/// `~<NSM state hex>` after it when our status monitor's state is known.
+/// SHARE carries no NSM state of its own; a Latch server reads it there
+/// (see `latch_nlm::ops`), to refuse a SHARE sent before a reboot it knows
+/// of and to learn of a newer one.
+fn owner(cfg: &ClientConfig, boot: u32, state: u32, conn: ConnId) -> (u32, Vec<u8>) {
     let mut oh = cfg.our_name.clone();
     oh.extend_from_slice(format!("#{boot:x}-{conn}").as_bytes());
+    if state != 0 {
+        oh.extend_from_slice(format!("~{state:x}").as_bytes());
+    }
     (conn as u32, oh)
 }
 
@@ -371,7 +379,7 @@ impl ClientCore {
     }
 
     fn nlm_lock(&self, conn: ConnId, l: &RemoteLock) -> Lock {
-        let (svid, oh) = owner(&self.cfg, self.boot, conn);
+        let (svid, oh) = owner(&self.cfg, self.boot, self.nsm_state, conn);
         Lock {
             caller_name: Name::new(self.cfg.our_name.clone()).unwrap_or_default(),
             fh: Netobj::new(l.fh.clone()).unwrap_or_default(),
@@ -1346,9 +1354,9 @@ impl ClientCore {
         if self.accepted.contains(&cookie) {
             return Stat::Granted;
         }
-        let (cfg, boot) = (&self.cfg, self.boot);
+        let (cfg, boot, state) = (&self.cfg, self.boot, self.nsm_state);
         let is = |conn: ConnId, l: &RemoteLock| {
-            let (svid, oh) = owner(cfg, boot, conn);
+            let (svid, oh) = owner(cfg, boot, state, conn);
             l.server == from
                 && l.fh == a.lock.fh.as_bytes()
                 && oh == a.lock.oh.as_bytes()

@@ -421,6 +421,13 @@ impl NlmServer {
         now: u64,
     ) -> Stat {
         let s = &a.share;
+        let state = latch_state_in(s.oh.as_bytes(), s.caller_name.as_bytes());
+        if let Some(state) = state {
+            if self.check_reboot(host, state, now) {
+                self.stats.stale_requests += 1;
+                return Stat::Denied;
+            }
+        }
         self.grace.note_request(&s.caller_name, a.reclaim, now);
         if !self.name_saved(host) && !self.save_name(host) {
             return Stat::DeniedNolocks;
@@ -438,7 +445,8 @@ impl NlmServer {
         self.deliver(reply.events, now);
         match reply.answer {
             ShareAnswer::Granted => {
-                if let Some(h) = self.hosts.get_mut(host) {
+                // One whose start we know is not in doubt.
+                if let Some(h) = self.hosts.get_mut(host).filter(|_| state.is_none()) {
                     let mine = (file, owner);
                     if h.fresh_shares.len() < crate::hosts::FRESH_SHARES_MAX
                         && !h.fresh_shares.contains(&mine)
@@ -517,5 +525,45 @@ impl NlmServer {
         self.age_host_released(host);
         self.grants.forget_host(host);
         self.deliver(reply.events, now);
+    }
+}
+
+/// The NSM state a Latch client writes at the end of its owner handles,
+/// `<caller name>#<boot hex>-<conn>~<state hex>` (anything else: `None`).
+/// A SHARE has no state field; with this one a SHARE sent before a reboot
+/// we know of (a datagram delayed in the network, seed 0x188cb) is refused
+/// as a stale LOCK is, and one sent after a reboot tells us of it.
+pub(crate) fn latch_state_in(oh: &[u8], caller: &[u8]) -> Option<u32> {
+    let rest = oh.strip_prefix(caller)?.strip_prefix(b"#")?;
+    let at = rest.iter().rposition(|&b| b == b'~')?;
+    let hex = &rest[at + 1..];
+    if hex.is_empty() || hex.len() > 8 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let hex = std::str::from_utf8(hex).ok()?;
+    u32::from_str_radix(hex, 16).ok().filter(|&s| s != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::latch_state_in;
+
+    #[test]
+    fn the_nsm_state_is_read_only_from_a_latch_owner_handle() {
+        assert_eq!(latch_state_in(b"a#5-12~1f", b"a"), Some(0x1f));
+        assert_eq!(latch_state_in(b"a#5-12~ffffffff", b"a"), Some(u32::MAX));
+        for (oh, caller) in [
+            (&b"a#5-12"[..], &b"a"[..]),
+            (b"b#5-12~3", b"a"),
+            (b"a5-12~3", b"a"),
+            (b"a#5-12~", b"a"),
+            (b"a#5-12~0", b"a"),
+            (b"a#5-12~+3", b"a"),
+            (b"a#5-12~123456789", b"a"),
+            (b"a#5-12~3g", b"a"),
+            (b"1234@client", b"client"),
+        ] {
+            assert_eq!(latch_state_in(oh, caller), None, "{oh:?}");
+        }
     }
 }

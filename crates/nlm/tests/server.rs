@@ -613,6 +613,71 @@ fn a_reboot_told_by_a_lock_keeps_the_shares_asked_since_the_state_was_heard() {
     );
 }
 
+/// A Latch client writes its NSM state at the end of its owner handles:
+/// a SHARE from before a reboot we know of (delayed in the network, seed
+/// 0x188cb) is refused like a stale LOCK, and one from a newer start tells
+/// us of that reboot.
+#[test]
+fn a_share_with_the_nsm_state_in_its_owner_handle_is_checked_like_a_lock() {
+    let mut r = Rig::default();
+    let sh = |file: &[u8], oh: &str| ShareArgs {
+        cookie: cookie(b"s"),
+        share: ShareLock {
+            caller_name: Name::from_text("a").unwrap(),
+            fh: Netobj::from_slice(file).unwrap(),
+            oh: Netobj::from_slice(oh.as_bytes()).unwrap(),
+            mode: 0,
+            access: 1,
+        },
+        reclaim: false,
+    };
+    let writer = |file: &[u8]| ShareArgs {
+        cookie: cookie(b"w"),
+        share: ShareLock {
+            caller_name: Name::from_text("c").unwrap(),
+            fh: Netobj::from_slice(file).unwrap(),
+            oh: Netobj::from_slice(b"c").unwrap(),
+            mode: 1,
+            access: 2,
+        },
+        reclaim: false,
+    };
+    let share = |r: &mut Rig, from, a: &ShareArgs| {
+        decode::<ShareRes>(&r.call(from, 4, SHARE, &encode(a, 4)), 4)
+            .unwrap()
+            .stat
+    };
+    let mut args = la(&lk("a", 1, b"l", 0, 0), true, false);
+    args.state = 3;
+    assert_eq!(r.lock(A, 4, &args), Stat::Granted);
+    // Sent by the start before state 3: refused, nothing taken.
+    assert_eq!(share(&mut r, A, &sh(b"f", "a#1-7~1")), Stat::Denied);
+    assert_eq!(r.srv.lock().unwrap().stats.stale_requests, 1);
+    assert_eq!(share(&mut r, C, &writer(b"f")), Stat::Granted);
+    // Of state 3: granted.
+    assert_eq!(share(&mut r, A, &sh(b"g", "a#3-7~3")), Stat::Granted);
+    // Of state 5: a reboot, state 3's lock and share go first.
+    assert_eq!(share(&mut r, A, &sh(b"h", "a#5-7~5")), Stat::Granted);
+    assert_eq!(r.srv.lock().unwrap().stats.reboots_detected, 1);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"l", 0, 0), true).stat,
+        Stat::Granted,
+        "state 3's lock is gone"
+    );
+    assert_eq!(
+        share(&mut r, C, &writer(b"g")),
+        Stat::Granted,
+        "and its share"
+    );
+    assert_eq!(
+        share(&mut r, C, &writer(b"h")),
+        Stat::Denied,
+        "state 5's holds"
+    );
+    // A handle in any other form is opaque.
+    assert_eq!(share(&mut r, A, &sh(b"k", "a#1-7")), Stat::Granted);
+}
+
 #[test]
 fn the_monitor_is_asked_once_per_host_and_never_for_nm_lock() {
     let mut r = Rig::default();

@@ -25,10 +25,11 @@ use latch_lock::{FileKey, Holder, Mode, Owner, Share, ShareBits};
 use std::collections::BTreeMap;
 
 /// The connection number inside a client core's owner handle
-/// (`<host name>#<boot>-<conn>`).
+/// (`<host name>#<boot>-<conn>`, then `~<NSM state>`).
 pub fn owner_conn(o: &Owner) -> Option<u64> {
     let s = std::str::from_utf8(&o.handle).ok()?;
-    s.rsplit_once('#')?.1.rsplit_once('-')?.1.parse().ok()
+    let tail = s.rsplit_once('#')?.1.rsplit_once('-')?.1;
+    tail.split('~').next()?.parse().ok()
 }
 
 fn file_idx(f: &FileKey) -> Option<usize> {

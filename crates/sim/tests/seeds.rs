@@ -341,3 +341,17 @@ fn regression_share_freed_by_its_own_hosts_first_lock() {
 fn regression_delayed_reclaim_granted_in_the_next_grace() {
     check_without(0x19478, &["dup", "partitions", "client_crash"]);
 }
+
+/// A share reclaim sent just before a client host crashed, delayed in the
+/// network, reached the server after that host's reboot notice and was
+/// granted to a start that no longer existed (liveness: a share nobody
+/// believes held). SHARE has no NSM state field. Fixed: our client writes
+/// its NSM state at the end of its owner handles, and the server refuses a
+/// SHARE whose state is older than the host's (as it does a LOCK).
+#[test]
+fn regression_share_reclaim_from_a_crashed_start() {
+    let opts = Options::seed(0x188cb);
+    if let Err(f) = run(&opts) {
+        panic!("{f}");
+    }
+}
