@@ -1240,24 +1240,28 @@ impl ClientCore {
                     ..f.clone()
                 };
                 self.linger_later(&undo);
-                for l in self.not_held(f.conn, &f.lock) {
-                    let op = if block { Op::Cancel } else { Op::Unlock };
+                // A CANCEL names the waiting request by its exact range
+                // (one cut to what the owner does not hold would match no
+                // waiter, which would be granted later: seed 0x1af06). The
+                // server undoes a grant the client never acknowledged back
+                // to what the owner held before.
+                if block {
                     self.cleanup_later.push(InFlight {
                         conn: f.conn,
                         req: None,
-                        op,
-                        lock: l.clone(),
+                        op: Op::Cancel,
+                        lock: f.lock.clone(),
                         vers: 4,
                     });
-                    if block {
-                        self.cleanup_later.push(InFlight {
-                            conn: f.conn,
-                            req: None,
-                            op: Op::Unlock,
-                            lock: l,
-                            vers: 4,
-                        });
-                    }
+                }
+                for l in self.not_held(f.conn, &f.lock) {
+                    self.cleanup_later.push(InFlight {
+                        conn: f.conn,
+                        req: None,
+                        op: Op::Unlock,
+                        lock: l,
+                        vers: 4,
+                    });
                 }
                 if let Some(req) = f.req {
                     self.waiting.remove(&(f.conn, req));

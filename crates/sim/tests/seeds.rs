@@ -355,3 +355,13 @@ fn regression_share_reclaim_from_a_crashed_start() {
         panic!("{f}");
     }
 }
+
+/// A blocking LOCK that got no answer was cancelled with only the part of
+/// its range its owner did not hold: that CANCEL matched no waiter at the
+/// server, which later granted the old request and turned the owner's newer
+/// exclusive lock into a shared one (two holders of one byte). Fixed: the
+/// CANCEL names the request's exact range.
+#[test]
+fn regression_cancel_cut_to_what_was_not_held() {
+    check_without(0x1af06, &["dup", "partitions"]);
+}
