@@ -175,13 +175,21 @@ impl Conn {
     }
 }
 
-/// How long each side runs before the workers switch to the other.
-pub const SLICE: Duration = Duration::from_millis(200);
+/// How long each side runs before the workers switch to the other. Short:
+/// on a shared machine, round trips switch between a fast and a slow mode
+/// (where the scheduler puts our threads and other tenants') for tens to
+/// hundreds of milliseconds at a time; in slices of 200 ms one side could
+/// get most of the fast periods, and its p50, pooled over calls, would be
+/// the fast mode's while the other side's was the slow one's.
+pub const SLICE: Duration = Duration::from_millis(20);
 
 /// What one worker saw of one side.
 struct Tally {
     ok: u64,
     err: u64,
+    /// Time from the start of the worker's first operation in a slice to
+    /// the end of its last, summed over slices.
+    busy: Duration,
     hist: Histogram<u64>,
 }
 
@@ -190,6 +198,7 @@ impl Tally {
         Ok(Tally {
             ok: 0,
             err: 0,
+            busy: Duration::ZERO,
             hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
         })
     }
@@ -204,7 +213,11 @@ impl Tally {
 /// after the other, makes whatever else the machine is doing weigh on both
 /// alike, so their ratio means something even on a busy host. Workers start
 /// each slice together and finish their last operation before the next one
-/// begins; only operations completed within the slice are counted.
+/// begins. Every operation started within the slice counts, and a side's
+/// rate is its operations over the time its workers were busy with them
+/// (each from its first start to its last end in a slice), so neither the
+/// wait at the barrier nor an operation cut at the slice's end weighs more
+/// on the side whose operations take longer.
 pub(crate) fn alternating<A, B>(
     k: usize,
     dur: Duration,
@@ -245,6 +258,7 @@ where
                     }
                     let deadline =
                         epoch + Duration::from_nanos(deadline_ns.load(Ordering::Acquire));
+                    let mut span: Option<(Instant, Instant)> = None;
                     while alive {
                         let t0 = Instant::now();
                         if t0 >= deadline {
@@ -252,13 +266,13 @@ where
                         }
                         let r = if s == 0 { a() } else { b() };
                         let t1 = Instant::now();
+                        span = Some((span.map_or(t0, |(first, _)| first), t1));
                         let t = &mut tally[s];
                         match r {
-                            Ok(true) if t1 <= deadline => {
+                            Ok(true) => {
                                 t.ok += 1;
                                 t.hist.record((t1 - t0).as_nanos().max(1) as u64)?;
                             }
-                            Ok(true) => {}
                             Ok(false) => t.err += 1,
                             Err(e) => {
                                 // Keep meeting the others at the barrier,
@@ -270,6 +284,9 @@ where
                                     .get_or_insert(e);
                             }
                         }
+                    }
+                    if let Some((first, last)) = span {
+                        tally[s].busy += last - first;
                     }
                     barrier.wait();
                 }
@@ -293,6 +310,7 @@ where
         for (s, t) in sum.iter_mut().zip(t) {
             s.ok += t.ok;
             s.err += t.err;
+            s.busy += t.busy;
             s.hist.add(t.hist)?;
         }
     }
@@ -303,11 +321,12 @@ where
     {
         return Err(e);
     }
-    let secs = (SLICE * rounds).as_secs_f64();
+    // K closed loops: the rate is K over the mean time an operation took
+    // its worker, so `secs` is the mean busy time of a worker.
     let [a, b] = sum.map(|t| Cell {
         calls: t.ok,
         errors: t.err,
-        secs,
+        secs: (t.busy.as_secs_f64() / k.max(1) as f64).max(f64::MIN_POSITIVE),
         p50_us: t.hist.value_at_quantile(0.5) as f64 / 1000.0,
         p99_us: t.hist.value_at_quantile(0.99) as f64 / 1000.0,
     });
