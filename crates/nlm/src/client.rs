@@ -237,6 +237,11 @@ pub struct ClientCore {
     /// 0x19478): when that next start's notice comes, each is undone
     /// [`LINGER_MS`] later, for what its owner no longer holds.
     recent_reclaims: Vec<(Option<u64>, InFlight)>,
+    /// LOCKs and SHAREs (by token) in flight when their server's reboot
+    /// notice came: a `granted` answer may be the old start's, on its way
+    /// when that start ended, so what it grants is reclaimed from the new
+    /// one (seed 0x1c448).
+    crossed: std::collections::BTreeSet<u64>,
     /// UNLOCKs and CANCELs that did not get through: sent again until they
     /// do, or the server is known to have restarted, so that no lock is
     /// left held on a server forever.
@@ -689,12 +694,24 @@ impl ClientCore {
             let (ls, le) = span(l);
             c == conn && same_file(l, &f.lock) && ls <= e && s <= le
         };
-        let busy = self
-            .in_flight
-            .values()
-            .any(|x| x.op != Op::Test && overlaps(x.conn, &x.lock))
-            || self.waiting.values().any(|w| overlaps(w.conn, &w.lock))
-            || self.held_back.iter().any(|(c, _, _, l)| overlaps(*c, l));
+        // Shares and locks are independent: only the owner's share calls
+        // on the file keep an UNSHARE back (seed 0x1c20b: a LOCK in flight
+        // kept it back for good).
+        let busy = if f.op == Op::Unshare {
+            self.in_flight.values().any(|x| {
+                matches!(x.op, Op::Share { .. } | Op::Unshare)
+                    && x.conn == conn
+                    && same_file(&x.lock, &f.lock)
+            }) || self.held_back.iter().any(|(c, _, o, l)| {
+                *c == conn && matches!(o, ClientOp::Share { .. }) && same_file(l, &f.lock)
+            })
+        } else {
+            self.in_flight
+                .values()
+                .any(|x| x.op != Op::Test && overlaps(x.conn, &x.lock))
+                || self.waiting.values().any(|w| overlaps(w.conn, &w.lock))
+                || self.held_back.iter().any(|(c, _, _, l)| overlaps(*c, l))
+        };
         match f.op {
             _ if busy => {}
             Op::Unlock => {
@@ -994,6 +1011,7 @@ impl ClientCore {
             return;
         }
         self.awaiting_res.remove(&token);
+        let crossed = self.crossed.remove(&token);
         if result.is_err() {
             self.granted_early.remove(&token);
         }
@@ -1016,6 +1034,10 @@ impl ClientCore {
             let Ok(r) = decode::<ShareRes>(&bytes, f.vers) else {
                 return self.failed(f, "undecodable SHARE reply");
             };
+            if crossed && r.stat == Stat::Granted {
+                self.share_reply(f.clone(), r.stat);
+                return self.reclaim_crossed(&f);
+            }
             return self.share_reply(f, r.stat);
         }
         if f.op == Op::Test {
@@ -1036,7 +1058,60 @@ impl ClientCore {
             return self.failed(f, "undecodable reply");
         };
         let early = self.granted_early.remove(&token);
+        if crossed && matches!(r.stat, Stat::Granted | Stat::Blocked) {
+            self.lock_reply(f.clone(), r.stat, early, now_ms);
+            return self.reclaim_crossed(&f);
+        }
         self.lock_reply(f, r.stat, early, now_ms);
+    }
+
+    /// `f` was in flight when its server's reboot notice came, and its
+    /// answer (`granted`, or `blocked`) may be the old start's: what we now
+    /// hold by it is reclaimed from the new start, and a wait is asked for
+    /// again at once.
+    fn reclaim_crossed(&mut self, f: &InFlight) {
+        match f.op {
+            Op::Lock { .. } | Op::Reclaim => {
+                let (mine, rest): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|e| e.conn == f.conn && same_range(&e.lock, &f.lock));
+                self.held = rest;
+                for e in mine {
+                    self.send(InFlight {
+                        conn: e.conn,
+                        req: None,
+                        op: Op::Reclaim,
+                        lock: e.lock,
+                        vers: 4,
+                    });
+                }
+                for w in self.waiting.values_mut() {
+                    if w.conn == f.conn && same_range(&w.lock, &f.lock) {
+                        w.last_sent_ms = 0;
+                    }
+                }
+            }
+            Op::Share { .. } => {
+                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.shares)
+                    .into_iter()
+                    .partition(|(c, l, ..)| *c == f.conn && same_file(l, &f.lock));
+                self.shares = rest;
+                for (conn, lock, access, deny) in mine {
+                    self.send(InFlight {
+                        conn,
+                        req: None,
+                        op: Op::Share {
+                            access,
+                            deny,
+                            reclaim: true,
+                        },
+                        lock,
+                        vers: 4,
+                    });
+                }
+            }
+            _ => {}
+        }
     }
 
     fn share_reply(&mut self, f: InFlight, stat: Stat) {
@@ -1435,6 +1510,12 @@ impl ClientCore {
         }
         // Whatever they would have undone is gone with the server's state.
         self.cleanup_later.retain(|f| !matches(&f.lock));
+        for (&token, f) in &self.in_flight {
+            let takes = matches!(f.op, Op::Lock { .. } | Op::Reclaim | Op::Share { .. });
+            if takes && matches(&f.lock) {
+                self.crossed.insert(token);
+            }
+        }
         let (late, recent): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recent_reclaims)
             .into_iter()
             .partition(|(_, f)| matches(&f.lock));

@@ -365,3 +365,21 @@ fn regression_share_reclaim_from_a_crashed_start() {
 fn regression_cancel_cut_to_what_was_not_held() {
     check_without(0x1af06, &["dup", "partitions"]);
 }
+
+/// Seeds found in the 20,000-seed sweep from 100000:
+/// - 0x1c448: a SHARE's `granted` from the server's old start arrived just
+///   after that start's reboot notice, so the share was believed held but
+///   never reclaimed (two conflicting shares). Fixed: a LOCK or SHARE in
+///   flight when the notice comes is reclaimed if it comes back granted.
+/// - 0x1c20b, 0x1bf74: the second UNSHARE undoing a SHARE that got no
+///   answer was dropped because a LOCK of the same owner was in flight (a
+///   share nobody believes held). Fixed: only share calls keep it back.
+#[test]
+fn regression_crossed_grants_and_lingering_unshares() {
+    for seed in [0x1c448, 0x1c20b, 0x1bf74] {
+        let opts = Options::seed(seed);
+        if let Err(f) = run(&opts) {
+            panic!("{f}\nreplay: cargo run -p latch-sim --release -- --seed {seed:#x} --trace");
+        }
+    }
+}
