@@ -536,6 +536,29 @@ fn a_lock_with_a_newer_nsm_state_drops_the_clients_old_locks() {
     assert_eq!(r.srv.lock().unwrap().stats.stale_requests, 1);
 }
 
+/// SHARE arguments: `host` asks `access` and denies `mode` on `file` as
+/// owner `oh`.
+fn share_args(host: &str, file: &[u8], oh: &[u8], access: u32, mode: u32) -> ShareArgs {
+    ShareArgs {
+        cookie: cookie(b"s"),
+        share: ShareLock {
+            caller_name: Name::from_text(host).unwrap(),
+            fh: Netobj::from_slice(file).unwrap(),
+            oh: Netobj::from_slice(oh).unwrap(),
+            mode,
+            access,
+        },
+        reclaim: false,
+    }
+}
+
+/// A v4 SHARE from `from`: its status.
+fn share_v4(r: &mut Rig, from: &str, a: &ShareArgs) -> Stat {
+    decode::<ShareRes>(&r.call(from, 4, SHARE, &encode(a, 4)), 4)
+        .unwrap()
+        .stat
+}
+
 /// A SHARE carries no NSM state. One granted after the host's state was
 /// last heard may come from a newer start, so the LOCK that then tells of
 /// that reboot keeps it; one granted before is the old start's and goes
@@ -543,33 +566,9 @@ fn a_lock_with_a_newer_nsm_state_drops_the_clients_old_locks() {
 #[test]
 fn a_reboot_told_by_a_lock_keeps_the_shares_asked_since_the_state_was_heard() {
     let mut r = Rig::default();
-    let sh = |file: &[u8], oh: &[u8]| ShareArgs {
-        cookie: cookie(b"s"),
-        share: ShareLock {
-            caller_name: Name::from_text("a").unwrap(),
-            fh: Netobj::from_slice(file).unwrap(),
-            oh: Netobj::from_slice(oh).unwrap(),
-            mode: 2,
-            access: 1,
-        },
-        reclaim: false,
-    };
-    let writer = |file: &[u8]| ShareArgs {
-        cookie: cookie(b"w"),
-        share: ShareLock {
-            caller_name: Name::from_text("c").unwrap(),
-            fh: Netobj::from_slice(file).unwrap(),
-            oh: Netobj::from_slice(b"c").unwrap(),
-            mode: 0,
-            access: 2,
-        },
-        reclaim: false,
-    };
-    let share = |r: &mut Rig, from, a: &ShareArgs| {
-        decode::<ShareRes>(&r.call(from, 4, SHARE, &encode(a, 4)), 4)
-            .unwrap()
-            .stat
-    };
+    let sh = |file: &[u8], oh: &[u8]| share_args("a", file, oh, 1, 2);
+    let writer = |file: &[u8]| share_args("c", file, b"c", 2, 0);
+    let share = share_v4;
     let lock_at = |r: &mut Rig, file: &[u8], state: u32| {
         let mut args = la(&lk("a", 1, file, 0, 0), true, false);
         args.state = state;
@@ -620,33 +619,9 @@ fn a_reboot_told_by_a_lock_keeps_the_shares_asked_since_the_state_was_heard() {
 #[test]
 fn a_share_with_the_nsm_state_in_its_owner_handle_is_checked_like_a_lock() {
     let mut r = Rig::default();
-    let sh = |file: &[u8], oh: &str| ShareArgs {
-        cookie: cookie(b"s"),
-        share: ShareLock {
-            caller_name: Name::from_text("a").unwrap(),
-            fh: Netobj::from_slice(file).unwrap(),
-            oh: Netobj::from_slice(oh.as_bytes()).unwrap(),
-            mode: 0,
-            access: 1,
-        },
-        reclaim: false,
-    };
-    let writer = |file: &[u8]| ShareArgs {
-        cookie: cookie(b"w"),
-        share: ShareLock {
-            caller_name: Name::from_text("c").unwrap(),
-            fh: Netobj::from_slice(file).unwrap(),
-            oh: Netobj::from_slice(b"c").unwrap(),
-            mode: 1,
-            access: 2,
-        },
-        reclaim: false,
-    };
-    let share = |r: &mut Rig, from, a: &ShareArgs| {
-        decode::<ShareRes>(&r.call(from, 4, SHARE, &encode(a, 4)), 4)
-            .unwrap()
-            .stat
-    };
+    let sh = |file: &[u8], oh: &str| share_args("a", file, oh.as_bytes(), 1, 0);
+    let writer = |file: &[u8]| share_args("c", file, b"c", 2, 1);
+    let share = share_v4;
     let mut args = la(&lk("a", 1, b"l", 0, 0), true, false);
     args.state = 3;
     assert_eq!(r.lock(A, 4, &args), Stat::Granted);
