@@ -1309,6 +1309,15 @@ impl ClientCore {
             Op::Lock { .. }
                 if f.req
                     .is_some_and(|r| self.waiting.contains_key(&(f.conn, r))) => {}
+            // A resend of a wait its GRANTED callback has ended: moot (seed
+            // 0x1dc13: its CANCEL undid the grant at the server, whose
+            // GRANTED had not been acknowledged yet).
+            Op::Lock { .. }
+                if f.req.is_some_and(|r| {
+                    self.held
+                        .iter()
+                        .any(|e| e.conn == f.conn && e.req == r && same_range(&e.lock, &f.lock))
+                }) => {}
             Op::Lock { block } => {
                 let undo = InFlight {
                     op: Op::Unlock,
@@ -1320,7 +1329,12 @@ impl ClientCore {
                 // waiter, which would be granted later: seed 0x1af06). The
                 // server undoes a grant the client never acknowledged back
                 // to what the owner held before.
-                if block {
+                let granted = self.held.iter().any(|e| {
+                    e.conn == f.conn
+                        && same_range(&e.lock, &f.lock)
+                        && e.lock.exclusive == f.lock.exclusive
+                });
+                if block && !granted {
                     self.cleanup_later.push(InFlight {
                         conn: f.conn,
                         req: None,

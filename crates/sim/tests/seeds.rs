@@ -378,6 +378,17 @@ fn regression_crossed_grants_and_lingering_unshares() {
     }
 }
 
+/// A resend of a blocking LOCK timed out after the wait's GRANTED callback
+/// had ended it: the program heard `granted` and then a failure, and the
+/// undo's CANCEL (exact range since 0x1af06) reached the server before our
+/// answer to the GRANTED and undid the grant (two holders of one byte).
+/// Fixed: such a resend is moot, and no CANCEL goes for a request its owner
+/// holds.
+#[test]
+fn regression_resend_of_a_granted_wait_times_out() {
+    check_as_found(0x1dc13);
+}
+
 /// Two more seeds that failed in that sweep on the code before the fixes
 /// above (0x1c860: a shared lock believed held while the server gave the
 /// byte to an exclusive owner; 0x1ca59: in grace the server held more
