@@ -285,7 +285,7 @@ impl NlmServer {
         if !ids.is_empty() && ids.len() == all.len() {
             self.grace.host_gone(name);
         }
-        self.persist_hosts();
+        self.persist_hosts(now, false);
         ids.len()
     }
 }

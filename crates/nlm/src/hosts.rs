@@ -27,6 +27,9 @@ pub struct Host {
     /// state, so these may be a newer start's: a LOCK that then tells of a
     /// reboot leaves them alone.
     pub fresh_shares: Vec<(latch_lock::FileKey, latch_lock::Owner)>,
+    /// When it last got a lock or share (`None`: not since it was
+    /// interned or released), for how long its name stays durable.
+    pub held_ms: Option<u64>,
 }
 
 /// Bound on [`Host::fresh_shares`]; past it a share counts as an old one.
@@ -122,6 +125,7 @@ impl Hosts {
                 monitored: false,
                 last_active_ms: now_ms,
                 fresh_shares: Vec::new(),
+                held_ms: None,
             },
         );
         Some((id, true))

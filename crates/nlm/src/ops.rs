@@ -227,7 +227,7 @@ impl NlmServer {
             return Stat::DeniedNolocks;
         }
         if matches!(stat, Stat::Granted | Stat::Blocked) {
-            self.note_state(host, !nm);
+            self.note_state(host, !nm, now);
         }
         stat
     }
@@ -286,7 +286,7 @@ impl NlmServer {
             return false;
         };
         if self.saved.len() >= self.cfg.max_hosts {
-            self.persist_hosts();
+            self.persist_hosts(0, false);
         }
         let mut names = self.saved.clone();
         names.insert(key);
@@ -301,10 +301,11 @@ impl NlmServer {
     /// The host now holds state: ask the monitor to watch it (once per
     /// host, off the request path), and make its name durable before we
     /// answer, so a restart's grace period waits for it.
-    pub(crate) fn note_state(&mut self, host: HostId, monitor: bool) {
+    pub(crate) fn note_state(&mut self, host: HostId, monitor: bool, now: u64) {
         let Some(h) = self.hosts.get_mut(host) else {
             return;
         };
+        h.held_ms = Some(now);
         if monitor && !h.monitored {
             h.monitored = true;
             let name = h.name.clone();
@@ -316,7 +317,7 @@ impl NlmServer {
             .get(host)
             .is_some_and(|h| self.saved.contains(&*name_key_ref(&h.name)));
         if !saved {
-            self.persist_hosts();
+            self.persist_hosts(now, true);
         }
     }
 
@@ -454,7 +455,7 @@ impl NlmServer {
                         h.fresh_shares.push(mine);
                     }
                 }
-                self.note_state(host, true);
+                self.note_state(host, true, now);
                 Stat::Granted
             }
             ShareAnswer::Denied => Stat::Denied,
@@ -522,6 +523,9 @@ impl NlmServer {
     /// [`Self::release_host`] but for the shares `keep` names.
     fn release_host_keeping(&mut self, host: HostId, keep: &[(FileKey, Owner)], now: u64) {
         let reply = self.engine.release_host_keeping(host, keep);
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.held_ms = None;
+        }
         self.age_host_released(host);
         self.grants.forget_host(host);
         self.deliver(reply.events, now);

@@ -273,7 +273,7 @@ impl NlmServer {
         self.retry_grants(now_ms);
         if self.grace.tick(now_ms) {
             self.engine.set_grace(false);
-            self.persist_hosts();
+            self.persist_hosts(now_ms, true);
         }
         let expired = self.engine.expire_leases(now_ms);
         self.deliver(expired.events, now_ms);
@@ -300,16 +300,24 @@ impl NlmServer {
                 }
             }
         }
-        self.persist_hosts();
+        self.persist_hosts(now_ms, true);
     }
 
     /// Saves the names of hosts holding state if they changed. New names are
-    /// saved at once (see `note_state`); removals can wait for a tick.
-    pub(crate) fn persist_hosts(&mut self) {
+    /// saved at once (see `note_state`); removals can wait for a tick, and
+    /// with `linger` a name stays for [`NAME_LINGER_MS`] after its host
+    /// last got a lock or share (strict trimming passes `false`).
+    pub(crate) fn persist_hosts(&mut self, now_ms: u64, linger: bool) {
+        let keep = |h: &crate::hosts::Host| {
+            self.engine.host_entries(h.id) > 0
+                || (linger
+                    && h.held_ms
+                        .is_some_and(|t| now_ms.saturating_sub(t) < NAME_LINGER_MS))
+        };
         let mut now: BTreeSet<Vec<u8>> = self
             .hosts
             .iter()
-            .filter(|h| self.engine.host_entries(h.id) > 0)
+            .filter(|h| keep(h))
             .map(|h| crate::hosts::name_key(&h.name))
             .collect();
         // During grace, hosts that have not come back yet still count.
@@ -319,6 +327,15 @@ impl NlmServer {
         }
     }
 }
+
+/// How long the name of a host that holds nothing any more stays on the
+/// durable list after the host last got a lock or share. A client that locks and
+/// unlocks in turn would otherwise lose its name at a tick that finds it
+/// between the two and have it saved again (write, fsync, rename) by its
+/// next LOCK, on the request path and with every other call waiting. The
+/// price: after a crash within this time, grace may wait for a host with
+/// nothing to reclaim, until the grace period runs out.
+pub(crate) const NAME_LINGER_MS: u64 = 5_000;
 
 impl NlmServer {
     /// Version 0 is FreeBSD's NLM_SM callback; 1 to 4 are NLM proper.

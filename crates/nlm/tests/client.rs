@@ -909,9 +909,10 @@ fn share_reservations_through_the_client_side() {
     assert_eq!(n.events(1), vec![(1, reply(3, Outcome::Granted))]);
     n.remote(2, 2, 2, share(2, 1), 0, 0, 0, false);
     assert_eq!(n.events(2), vec![(2, reply(2, Outcome::Granted))]);
-    // The server restarts (host 1, holding nothing, is off its list of
-    // hosts by then); host 2 reclaims its share in grace.
-    n.advance(100);
+    // The server restarts (host 1, holding nothing for longer than a
+    // name lingers, is off its list of hosts by then); host 2 reclaims
+    // its share in grace.
+    n.advance(5_100);
     n.hosts[0] = Host::new("10.0.0.1", store, n.t0);
     n.sm_notify(2, "10.0.0.1", 3);
     n.advance(2_100);

@@ -910,6 +910,46 @@ fn limits_answer_denied_nolocks() {
     );
 }
 
+/// Counts saves, so a test can tell a write to stable storage happened.
+#[derive(Clone, Default)]
+struct CountingStore {
+    inner: MemHostStore,
+    saves: Arc<Mutex<u32>>,
+}
+
+impl latch_nlm::HostStore for CountingStore {
+    fn load(&mut self) -> std::io::Result<std::collections::BTreeSet<Vec<u8>>> {
+        self.inner.load()
+    }
+    fn save(&mut self, names: &std::collections::BTreeSet<Vec<u8>>) -> std::io::Result<()> {
+        *self.saves.lock().unwrap() += 1;
+        self.inner.save(names)
+    }
+}
+
+/// A client that locks and unlocks in turn has its name saved once, not
+/// dropped by every tick that finds it between the two and saved again by
+/// its next LOCK (a write and fsync on the request path); the name goes
+/// once the host has held nothing for a while.
+#[test]
+fn a_host_that_locks_and_unlocks_in_turn_is_saved_once() {
+    let store = CountingStore::default();
+    let mut r = Rig::new(NlmConfig::default(), store.clone());
+    let a = lk("a", 1, b"f", 0, 1);
+    for _ in 0..20 {
+        assert_eq!(r.lock(A, 4, &la(&a, true, false)), Stat::Granted);
+        assert_eq!(r.unlock(A, 4, &a), Stat::Granted);
+        r.advance(100);
+    }
+    assert_eq!(*store.saves.lock().unwrap(), 1);
+    assert_eq!(*store.inner.names.lock().unwrap(), [b"a".to_vec()].into());
+    for _ in 0..100 {
+        r.advance(100);
+    }
+    assert_eq!(*store.saves.lock().unwrap(), 2);
+    assert!(store.inner.names.lock().unwrap().is_empty());
+}
+
 /// A host's name goes on the durable list of hosts holding state before it
 /// may get anything; if it cannot be saved (here a failing fsync on a
 /// simulated disk), the LOCK or SHARE is refused and changes nothing.
