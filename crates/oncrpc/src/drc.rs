@@ -5,7 +5,9 @@
 //! for byte, even if the state has changed since.
 
 use crate::msg::Xid;
+use std::collections::hash_map::{Entry as Slot, RandomState};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 
 /// Identifies one request. The checksum of the arguments keeps a client that
@@ -35,8 +37,8 @@ impl DrcKey {
 }
 
 /// Hashed as five words rather than field by field: every call looks the
-/// cache up, and the keyed (flood-resistant) hasher pays per write. Equal
-/// keys hash equally: the words are functions of the compared fields.
+/// cache up, and the hasher pays per write. Equal keys hash equally: the
+/// words are functions of the compared fields.
 impl std::hash::Hash for DrcKey {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         let ip = match self.peer.ip() {
@@ -70,6 +72,66 @@ fn args_sum(bytes: &[u8]) -> u64 {
         h = mix(h, u64::from_le_bytes(a));
     }
     h
+}
+
+/// The cache's hasher: a folded 128-bit multiply per word under two keys
+/// drawn at random once per cache (as foldhash does), a fraction of
+/// SipHash's cost. The network picks the keys hashed, but without the
+/// hasher's keys nobody can aim them at one bucket; and the cache is
+/// bounded, so even colliding keys would cost a scan of at most
+/// `max_entries` entries, not an unbounded one.
+#[derive(Clone, Copy, Debug)]
+struct Keyed {
+    seed: u64,
+    mul: u64,
+}
+
+impl Keyed {
+    fn new() -> Keyed {
+        let r = RandomState::new();
+        Keyed {
+            seed: r.hash_one(0x243f_6a88_85a3_08d3u64),
+            // Odd, so the multiply loses no bits of the word.
+            mul: r.hash_one(0x1319_8a2e_0370_7344u64) | 1,
+        }
+    }
+}
+
+impl BuildHasher for Keyed {
+    type Hasher = KeyedHasher;
+    fn build_hasher(&self) -> KeyedHasher {
+        KeyedHasher {
+            h: self.seed,
+            mul: self.mul,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KeyedHasher {
+    h: u64,
+    mul: u64,
+}
+
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl Hasher for KeyedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.write_u64(args_sum(bytes));
+    }
+    fn write_u64(&mut self, w: u64) {
+        self.h = fold(self.h ^ w, self.mul).wrapping_add(w);
+    }
+    fn write_u128(&mut self, w: u128) {
+        self.write_u64(w as u64);
+        self.write_u64((w >> 64) as u64);
+    }
+    fn finish(&self) -> u64 {
+        fold(self.h, self.mul ^ self.h.rotate_left(32))
+    }
 }
 
 #[derive(Debug)]
@@ -138,7 +200,7 @@ pub struct DrcStats {
 /// replies; the oldest entry goes first.
 #[derive(Debug)]
 pub struct Drc {
-    entries: HashMap<DrcKey, Entry>,
+    entries: HashMap<DrcKey, Entry, Keyed>,
     order: VecDeque<DrcKey>,
     bytes: usize,
     max_entries: usize,
@@ -149,7 +211,7 @@ pub struct Drc {
 impl Drc {
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         Drc {
-            entries: HashMap::new(),
+            entries: HashMap::with_hasher(Keyed::new()),
             order: VecDeque::new(),
             bytes: 0,
             max_entries: max_entries.max(1),
@@ -168,20 +230,24 @@ impl Drc {
 
     /// Looks a request up; a new one is recorded as in progress.
     pub fn begin(&mut self, key: DrcKey) -> Lookup {
-        match self.entries.get(&key) {
-            Some(Entry::InProgress) => {
-                self.stats.in_progress_drops += 1;
-                Lookup::InProgress
-            }
-            Some(Entry::Done(reply)) => {
-                self.stats.hits += 1;
-                Lookup::Replay(reply.as_ref().map(|r| r.as_slice().to_vec()))
-            }
-            None => {
+        // One hash for the lookup and the insert; the oldest entry goes
+        // after (the new one is the youngest, so it is not the one).
+        match self.entries.entry(key) {
+            Slot::Occupied(o) => match o.get() {
+                Entry::InProgress => {
+                    self.stats.in_progress_drops += 1;
+                    Lookup::InProgress
+                }
+                Entry::Done(reply) => {
+                    self.stats.hits += 1;
+                    Lookup::Replay(reply.as_ref().map(|r| r.as_slice().to_vec()))
+                }
+            },
+            Slot::Vacant(v) => {
                 self.stats.misses += 1;
-                self.make_room(1, 0);
-                self.entries.insert(key, Entry::InProgress);
+                v.insert(Entry::InProgress);
                 self.order.push_back(key);
+                self.make_room(0, 0);
                 Lookup::New
             }
         }
