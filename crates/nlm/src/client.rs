@@ -242,6 +242,15 @@ pub struct ClientCore {
     /// when that start ended, so what it grants is reclaimed from the new
     /// one (seed 0x1c448).
     crossed: std::collections::BTreeSet<u64>,
+    /// Waits on a server whose reboot notice came, until the new start
+    /// answers one of their resends `blocked`: a GRANTED for them may be
+    /// the old start's, late in the network (seed 0x22d57), so it is
+    /// answered `denied_grace_period`, which a live server retries.
+    unconfirmed: std::collections::BTreeSet<(ConnId, ReqId)>,
+    /// Waits a resend of which got no answer: the server may have granted
+    /// that LOCK at once and the answer been lost, so cancelling the wait
+    /// also unlocks what its owner does not hold (seed 0x20bde).
+    maybe_granted: std::collections::BTreeSet<(ConnId, ReqId)>,
     /// UNLOCKs and CANCELs that did not get through: sent again until they
     /// do, or the server is known to have restarted, so that no lock is
     /// left held on a server forever.
@@ -322,6 +331,27 @@ fn owner(cfg: &ClientConfig, boot: u32, state: u32, conn: ConnId) -> (u32, Vec<u
         oh.extend_from_slice(format!("~{state:x}").as_bytes());
     }
     (conn as u32, oh)
+}
+
+/// The cookie of our call `token`: this start's boot number, then the
+/// token. Tokens start again at 1 after a restart, and a `_RES` of the
+/// previous start's call, late in the network, must not answer this start's
+/// (seed 0x1fdfc).
+fn cookie_of(boot: u32, token: u64) -> [u8; 12] {
+    let mut c = [0; 12];
+    c[..4].copy_from_slice(&boot.to_be_bytes());
+    c[4..].copy_from_slice(&token.to_be_bytes());
+    c
+}
+
+/// The token in a cookie of ours from this start.
+fn token_of(boot: u32, cookie: &[u8]) -> Option<u64> {
+    let c = <[u8; 12]>::try_from(cookie).ok()?;
+    let (b, t) = c.split_at(4);
+    if b != boot.to_be_bytes() {
+        return None;
+    }
+    Some(u64::from_be_bytes(t.try_into().ok()?))
 }
 
 fn fallback(vers: u32) -> Option<u32> {
@@ -412,7 +442,7 @@ impl ClientCore {
     }
 
     fn encode_sync(&self, f: &InFlight, token: u64) -> (u32, Vec<u8>) {
-        let cookie = Netobj::from_slice(&token.to_be_bytes()).unwrap_or_default();
+        let cookie = Netobj::from_slice(&cookie_of(self.boot, token)).unwrap_or_default();
         let lock = self.nlm_lock(f.conn, &f.lock);
         let excl = f.lock.exclusive;
         match f.op {
@@ -621,8 +651,28 @@ impl ClientCore {
                     self.tell(conn, LocalEvent::Reply { req, outcome });
                     return;
                 }
-                self.waiting
-                    .retain(|_, e| !(e.conn == conn && same_range(&e.lock, &lock)));
+                let ended: Vec<(ConnId, ReqId)> = self
+                    .waiting
+                    .iter()
+                    .filter(|(_, e)| e.conn == conn && same_range(&e.lock, &lock))
+                    .map(|(&k, _)| k)
+                    .collect();
+                for k in ended {
+                    self.waiting.remove(&k);
+                    if self.maybe_granted.remove(&k) {
+                        for l in self.not_held(conn, &lock) {
+                            let undo = InFlight {
+                                conn,
+                                req: None,
+                                op: Op::Unlock,
+                                lock: l,
+                                vers: 4,
+                            };
+                            self.linger_later(&undo);
+                            self.cleanup_later.push(undo);
+                        }
+                    }
+                }
                 // A resend of the wait still in flight may come back
                 // `blocked` or `granted` after this: it is undone then,
                 // not taken for a new wait.
@@ -1058,6 +1108,9 @@ impl ClientCore {
             return self.failed(f, "undecodable reply");
         };
         let early = self.granted_early.remove(&token);
+        if let (false, Stat::Blocked, Some(req)) = (crossed, r.stat, f.req) {
+            self.unconfirmed.remove(&(f.conn, req));
+        }
         if crossed && matches!(r.stat, Stat::Granted | Stat::Blocked) {
             self.lock_reply(f.clone(), r.stat, early, now_ms);
             return self.reclaim_crossed(&f);
@@ -1308,7 +1361,12 @@ impl ClientCore {
             // will do.
             Op::Lock { .. }
                 if f.req
-                    .is_some_and(|r| self.waiting.contains_key(&(f.conn, r))) => {}
+                    .is_some_and(|r| self.waiting.contains_key(&(f.conn, r))) =>
+            {
+                if let Some(r) = f.req {
+                    self.maybe_granted.insert((f.conn, r));
+                }
+            }
             // A resend of a wait its GRANTED callback has ended: moot (seed
             // 0x1dc13: its CANCEL undid the grant at the server, whose
             // GRANTED had not been acknowledged yet).
@@ -1464,6 +1522,9 @@ impl ClientCore {
             .find(|(_, e)| is(e.conn, &e.lock))
             .map(|(k, _)| *k);
         if let Some(k) = waiting {
+            if self.unconfirmed.contains(&k) {
+                return Stat::DeniedGracePeriod;
+            }
             if let Some(e) = self.waiting.remove(&k) {
                 self.tell(e.conn, LocalEvent::Granted { req: e.req });
                 let now = e.last_sent_ms;
@@ -1480,7 +1541,16 @@ impl ClientCore {
                 f.op == (Op::Lock { block: true }) && f.req.is_some() && is(f.conn, &f.lock)
             })
             .map(|(t, _)| *t);
+        let unconfirmed = |t: u64| {
+            self.in_flight
+                .get(&t)
+                .and_then(|f| f.req.map(|r| (f.conn, r)))
+                .is_some_and(|k| self.unconfirmed.contains(&k))
+        };
         if let Some(t) = early {
+            if unconfirmed(t) {
+                return Stat::DeniedGracePeriod;
+            }
             self.granted_early.insert(t);
             self.accepted.insert(cookie);
             return Stat::Granted;
@@ -1517,9 +1587,10 @@ impl ClientCore {
                 vers: 4,
             });
         }
-        for e in self.waiting.values_mut() {
+        for (&k, e) in self.waiting.iter_mut() {
             if matches(&e.lock) {
                 e.last_sent_ms = 0;
+                self.unconfirmed.insert(k);
             }
         }
         // Whatever they would have undone is gone with the server's state.
@@ -1566,11 +1637,7 @@ impl ClientCore {
         } else {
             decode::<Res>(args, vers).map(|r| r.cookie)
         };
-        let Some(token) = cookie
-            .ok()
-            .and_then(|c| <[u8; 8]>::try_from(c.as_bytes()).ok())
-            .map(u64::from_be_bytes)
-        else {
+        let Some(token) = cookie.ok().and_then(|c| token_of(self.boot, c.as_bytes())) else {
             return;
         };
         let expected = match self.in_flight.get(&token) {
@@ -1634,6 +1701,9 @@ impl ClientCore {
         for f in std::mem::take(&mut self.cleanup_later) {
             self.send(f);
         }
+        let waiting = &self.waiting;
+        self.unconfirmed.retain(|k| waiting.contains_key(k));
+        self.maybe_granted.retain(|k| waiting.contains_key(k));
         self.recent_reclaims = std::mem::take(&mut self.recent_reclaims)
             .into_iter()
             .map(|(at, f)| (at.unwrap_or(now_ms + LINGER_MS), f))

@@ -389,6 +389,25 @@ fn regression_resend_of_a_granted_wait_times_out() {
     check_as_found(0x1dc13);
 }
 
+/// Found in the sweep from 130000 and 140000:
+/// - 0x1fdfc: a LOCK_RES of the previous start's call, late in the network,
+///   answered this start's call with the same token (tokens start at 1
+///   again). Fixed: our cookies carry the boot number.
+/// - 0x22d57: a GRANTED sent by the server before it crashed arrived after
+///   its reboot notice and was taken for the wait, which the new start had
+///   not granted. Fixed: until the new start answers a resend `blocked`, a
+///   GRANTED for the wait gets `denied_grace_period` (a live server retries).
+/// - 0x20bde: a resend of a wait was granted at once and its answer lost;
+///   the program then cancelled the wait, and the CANCEL found nothing to
+///   undo (liveness: a lock nobody believes held). Fixed: such a cancel also
+///   unlocks what the owner does not hold.
+#[test]
+fn regression_late_res_late_granted_and_lost_direct_grant() {
+    for seed in [0x1fdfc, 0x22d57, 0x20bde] {
+        check_as_found(seed);
+    }
+}
+
 /// Two more seeds that failed in that sweep on the code before the fixes
 /// above (0x1c860: a shared lock believed held while the server gave the
 /// byte to an exclusive owner; 0x1ca59: in grace the server held more
