@@ -421,14 +421,15 @@ fn open_notice_before_monitoring_is_lost() {
     check_as_found(0x2176d);
 }
 
-/// Two more seeds that failed in that sweep on the code before the fixes
+/// Three more seeds that failed in that sweep on the code before the fixes
 /// above (0x1c860: a shared lock believed held while the server gave the
 /// byte to an exclusive owner; 0x1ca59: in grace the server held more
-/// than the owner held before the crash). Both pass since those fixes; their
-/// traces were not taken apart one by one, so they are kept as they are.
+/// than the owner held before the crash; 0x1c1ef: a lock nobody believes
+/// held). All pass since those fixes; their traces were not taken apart
+/// one by one, so they are kept as they are.
 #[test]
 fn seeds_that_failed_before_the_sweep_fixes() {
-    for seed in [0x1c860, 0x1ca59] {
+    for seed in [0x1c860, 0x1ca59, 0x1c1ef] {
         check_as_found(seed);
     }
 }
