@@ -1125,19 +1125,7 @@ impl ClientCore {
     fn reclaim_crossed(&mut self, f: &InFlight) {
         match f.op {
             Op::Lock { .. } | Op::Reclaim => {
-                let (mine, rest): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.held)
-                    .into_iter()
-                    .partition(|e| e.conn == f.conn && same_range(&e.lock, &f.lock));
-                self.held = rest;
-                for e in mine {
-                    self.send(InFlight {
-                        conn: e.conn,
-                        req: None,
-                        op: Op::Reclaim,
-                        lock: e.lock,
-                        vers: 4,
-                    });
-                }
+                self.reclaim_held(|c, l| c == f.conn && same_range(l, &f.lock));
                 for w in self.waiting.values_mut() {
                     if w.conn == f.conn && same_range(&w.lock, &f.lock) {
                         w.last_sent_ms = 0;
@@ -1145,23 +1133,7 @@ impl ClientCore {
                 }
             }
             Op::Share { .. } => {
-                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.shares)
-                    .into_iter()
-                    .partition(|(c, l, ..)| *c == f.conn && same_file(l, &f.lock));
-                self.shares = rest;
-                for (conn, lock, access, deny) in mine {
-                    self.send(InFlight {
-                        conn,
-                        req: None,
-                        op: Op::Share {
-                            access,
-                            deny,
-                            reclaim: true,
-                        },
-                        lock,
-                        vers: 4,
-                    });
-                }
+                self.reclaim_shares(|c, l| c == f.conn && same_file(l, &f.lock));
             }
             _ => {}
         }
@@ -1571,22 +1543,7 @@ impl ClientCore {
     pub fn server_rebooted(&mut self, name: &[u8]) {
         let key = crate::hosts::name_key(name);
         let matches = |l: &RemoteLock| crate::hosts::name_key(&l.server_name) == key;
-        let held: Vec<Entry> = self
-            .held
-            .iter()
-            .filter(|e| matches(&e.lock))
-            .cloned()
-            .collect();
-        self.held.retain(|e| !matches(&e.lock));
-        for e in held {
-            self.send(InFlight {
-                conn: e.conn,
-                req: None,
-                op: Op::Reclaim,
-                lock: e.lock,
-                vers: 4,
-            });
-        }
+        self.reclaim_held(|_, l| matches(l));
         for (&k, e) in self.waiting.iter_mut() {
             if matches(&e.lock) {
                 e.last_sent_ms = 0;
@@ -1608,11 +1565,34 @@ impl ClientCore {
         for (_, undo) in late {
             self.linger_later(&undo);
         }
-        let (shares, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.shares)
+        self.reclaim_shares(|_, l| matches(l));
+    }
+
+    /// Sends a reclaim for every held lock `pick(conn, lock)` selects; each
+    /// is held again once the server grants it.
+    fn reclaim_held(&mut self, pick: impl Fn(ConnId, &RemoteLock) -> bool) {
+        let (mine, rest): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.held)
             .into_iter()
-            .partition(|(_, l, ..)| matches(l));
-        self.shares = kept;
-        for (conn, lock, access, deny) in shares {
+            .partition(|e| pick(e.conn, &e.lock));
+        self.held = rest;
+        for e in mine {
+            self.send(InFlight {
+                conn: e.conn,
+                req: None,
+                op: Op::Reclaim,
+                lock: e.lock,
+                vers: 4,
+            });
+        }
+    }
+
+    /// The same for the shares `pick(conn, lock)` selects.
+    fn reclaim_shares(&mut self, pick: impl Fn(ConnId, &RemoteLock) -> bool) {
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.shares)
+            .into_iter()
+            .partition(|(c, l, ..)| pick(*c, l));
+        self.shares = rest;
+        for (conn, lock, access, deny) in mine {
             self.send(InFlight {
                 conn,
                 req: None,
