@@ -382,6 +382,7 @@ pub fn stats(parts: &Parts) -> Value {
                 "notify_untrusted": st.notify_untrusted,
                 "notify_unknown": st.notify_unknown,
                 "callbacks": st.callbacks,
+                "late_delivered": st.late_delivered,
                 "refused_remote": st.refused_remote,
                 "store_errors": st.store_errors,
                 "actions_dropped": st.actions_dropped,

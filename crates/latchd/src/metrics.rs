@@ -354,6 +354,10 @@ pub fn render(parts: &Parts) -> String {
         ("notify_unknown", "SM_NOTIFY about hosts nobody monitors."),
         ("callbacks", "Reboot callbacks to local programs."),
         (
+            "late_delivered",
+            "Notices about unwatched hosts delivered when they came to be watched.",
+        ),
+        (
             "refused_remote",
             "Monitor requests refused from non-loopback callers.",
         ),

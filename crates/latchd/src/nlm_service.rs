@@ -11,7 +11,7 @@ use latch_nlm::{Action, NlmServer};
 use latch_nsm::proto as sm;
 use latch_oncrpc::client::RetryPolicy;
 use latch_oncrpc::{CallContext, Outcome, Program, RpcError};
-use latch_xdr::{FixedOpaque, Writer, XdrString};
+use latch_xdr::Writer;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -325,22 +325,10 @@ impl Driver {
     /// Whether the status monitor took the request (a few tries).
     async fn monitor(&self, name: &[u8], proc_: u32) -> bool {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let id = sm::MonId {
-            mon_name: XdrString::new(name.to_vec()).unwrap_or_default(),
-            my_id: sm::MyId {
-                my_name: XdrString::from_text("localhost").unwrap_or_default(),
-                my_prog: proto::PROGRAM,
-                my_vers: 3,
-                my_proc: proto::SM_NOTIFY,
-            },
-        };
         let args = if proc_ == sm::SM_MON {
-            latch_xdr::to_bytes(&sm::Mon {
-                mon_id: id,
-                priv_: FixedOpaque([0; 16]),
-            })
+            latch_xdr::to_bytes(&proto::monitor_args(name))
         } else {
-            latch_xdr::to_bytes(&id)
+            latch_xdr::to_bytes(&proto::monitor_id(name))
         };
         for attempt in 0..5u32 {
             let r: Result<(), CallError> = async {

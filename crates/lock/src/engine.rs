@@ -338,6 +338,19 @@ impl Engine {
     /// shares a host may have asked since its reboot when it learns of that
     /// reboot late.
     pub fn release_host_keeping(&mut self, host: HostId, keep: &[(FileKey, Owner)]) -> Reply<()> {
+        self.release_host_where(host, keep, |_| true)
+    }
+
+    /// [`Engine::release_host_keeping`] for the owners of `host` that `old`
+    /// selects: the lock manager frees only what an older start of a host
+    /// asked when it learns of that start's end late and can tell which
+    /// owners belong to it.
+    pub fn release_host_where(
+        &mut self,
+        host: HostId,
+        keep: &[(FileKey, Owner)],
+        old: impl Fn(&Owner) -> bool,
+    ) -> Reply<()> {
         let kept: Vec<(FileId, OwnerId)> = keep
             .iter()
             .filter(|(_, o)| o.host == host)
@@ -345,7 +358,12 @@ impl Engine {
             .collect();
         let mut events = Vec::new();
         let mut owners: Vec<OwnerId> = match self.owners.hosts.get(&host) {
-            Some(h) => h.owners.iter().copied().collect(),
+            Some(h) => h
+                .owners
+                .iter()
+                .copied()
+                .filter(|&oid| self.owners.get(oid).is_some_and(|o| old(&o.key)))
+                .collect(),
             None => Vec::new(),
         };
         // Sorted so that nothing depends on hash order.

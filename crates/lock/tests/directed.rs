@@ -805,3 +805,29 @@ fn many_shared_owners_do_not_slow_a_conflict_check() {
     granted(&mut e, 99_999, rg(5, 5), S);
     assert_eq!(e.stats().segments, 20_001);
 }
+
+#[test]
+fn release_host_where_frees_only_the_selected_owners() {
+    let mut e = Engine::new(Limits::default());
+    // Owners 1, 4 and 7 are on host 1; owner 2 on host 2.
+    granted(&mut e, 1, rg(0, 9), X);
+    granted(&mut e, 4, rg(20, 29), X);
+    let sh = Share {
+        access: ShareBits::READ,
+        deny: ShareBits::WRITE,
+    };
+    assert_eq!(
+        e.share(&fk(), &own(7), sh, false, 0).unwrap().answer,
+        ShareAnswer::Granted
+    );
+    let w1 = blocked(&mut e, 2, rg(0, 9), X);
+    let w4 = blocked(&mut e, 5, rg(20, 29), X);
+    // Owner 1's lock and owner 7's share go; owner 4's lock stays.
+    let ev = e.release_host_where(HostId(1), &[], |o| o.svid != 4).events;
+    assert_eq!(grant_ids(&ev), vec![w1]);
+    assert!(e.shares_on(&fk()).is_empty());
+    assert_eq!(e.host_entries(HostId(1)), 1);
+    // The kept owner's lock still conflicts, and its release grants w4.
+    let ev = e.release_host(HostId(1)).events;
+    assert_eq!(grant_ids(&ev), vec![w4]);
+}

@@ -119,12 +119,14 @@ pub struct HostEntry {
 }
 
 impl Ages {
-    fn forget_host(&mut self, host: HostId) {
+    /// Forgets the held entries of `host` that `gone` selects.
+    fn forget_host(&mut self, host: HostId, gone: impl Fn(&Owner, &FileKey) -> bool) {
         let lo = (Owner::new(host, 0, &[]), FileKey::new(&[]));
         let gone: Vec<(Owner, FileKey)> = self
             .held
             .range(lo..)
             .take_while(|((o, _), _)| o.host == host)
+            .filter(|((o, f), _)| gone(o, f))
             .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
@@ -171,8 +173,16 @@ impl NlmServer {
 
     /// Hook: everything of `host` went.
     pub(crate) fn age_host_released(&mut self, host: HostId) {
-        self.ages.forget_host(host);
+        self.ages.forget_host(host, |_, _| true);
         let engine = &self.engine;
+        self.ages.queued.retain(|id, _| engine.is_waiting(*id));
+    }
+
+    /// Hook: some owners of `host` went.
+    pub(crate) fn age_host_partly_released(&mut self, host: HostId) {
+        let engine = &self.engine;
+        self.ages
+            .forget_host(host, |o, f| engine.held_segments(f, o) == 0);
         self.ages.queued.retain(|id, _| engine.is_waiting(*id));
     }
 

@@ -108,9 +108,17 @@ impl Grants {
     }
 
     pub fn forget_host(&mut self, host: HostId) {
-        self.blocked.retain(|_, b| b.host != host);
-        self.by_owner_file.retain(|k, _| k.0 != host);
-        self.pending.retain(|_, p| p.info.host != host);
+        self.forget_owners(host, |_| true);
+    }
+
+    /// Forgets the blocked requests and grants of the owners of `host`
+    /// whose owner handle `old` selects.
+    pub fn forget_owners(&mut self, host: HostId, old: impl Fn(&[u8]) -> bool) {
+        let gone = |i: &BlockedInfo| i.host == host && old(i.lock.oh.as_bytes());
+        self.blocked.retain(|_, b| !gone(b));
+        self.by_owner_file
+            .retain(|k, _| !(k.0 == host && old(&k.2)));
+        self.pending.retain(|_, p| !gone(&p.info));
     }
 
     /// Removes the unacknowledged grant of exactly this lock, if any.

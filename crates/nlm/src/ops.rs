@@ -494,6 +494,7 @@ impl NlmServer {
             return Outcome::NoReply;
         }
         let name = s.mon_name.as_bytes();
+        let late = s.priv_.0 == latch_nsm::proto::PRIV_LATE;
         for host in self.hosts.named(name) {
             // Its LOCKs already carried this state (or a newer one): that
             // reboot was handled then, and what it holds now is the new
@@ -503,16 +504,56 @@ impl NlmServer {
                 continue;
             }
             self.stats.reboots_detected += 1;
-            self.release_host(host, now);
+            if late {
+                self.release_older_starts(host, s.state, now);
+            } else {
+                self.release_host(host, now);
+            }
             if let Some(h) = self.hosts.get_mut(host) {
                 h.nsm_state = s.state;
                 h.fresh_shares.clear();
             }
         }
         self.grace.host_gone(name);
-        // If it is a server we hold locks on, reclaim them.
-        self.client.server_rebooted(name);
+        // If it is a server we hold locks on, reclaim them. A late notice
+        // is about a host we held nothing on when it came (we watched it
+        // only later), so nothing of ours there predates it.
+        if !late {
+            self.client.server_rebooted(name);
+        }
         Outcome::Reply
+    }
+
+    /// A notice that came before we watched `host`, delivered late: the host
+    /// got its state after the reboot, so part of it may be the new start's.
+    /// What is known to be older goes: owners whose Latch owner handle
+    /// names an older state, and, when the host's LOCKs told an older state
+    /// than `state`, its other owners but for the shares granted since.
+    fn release_older_starts(&mut self, host: HostId, state: u32, now: u64) {
+        let Some(h) = self.hosts.get(host) else {
+            return;
+        };
+        let (known, caller) = (h.nsm_state, h.name.clone());
+        let keep = if known != 0 {
+            h.fresh_shares.clone()
+        } else {
+            Vec::new()
+        };
+        let old = |oh: &[u8]| match latch_state_in(oh, &caller) {
+            Some(s) => s < state,
+            None => known != 0,
+        };
+        let reply = self
+            .engine
+            .release_host_where(host, &keep, |o| old(&o.handle));
+        if self.engine.host_entries(host) == 0 {
+            if let Some(h) = self.hosts.get_mut(host) {
+                h.held_ms = None;
+            }
+        }
+        self.age_host_partly_released(host);
+        self.grants.forget_owners(host, old);
+        self.deliver(reply.events, now);
     }
 
     /// Everything of `host` goes; waiters it blocked are granted.

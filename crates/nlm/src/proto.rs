@@ -478,6 +478,31 @@ impl Versioned for ShareRes {
     }
 }
 
+/// Our registration at the local status monitor for `name`: call NLM
+/// version 3 procedure 16 back (what rpc.statd accepts).
+pub fn monitor_id(name: &[u8]) -> latch_nsm::proto::MonId {
+    use latch_nsm::proto as sm;
+    sm::MonId {
+        mon_name: latch_xdr::XdrString::new(name.to_vec()).unwrap_or_default(),
+        my_id: sm::MyId {
+            my_name: latch_xdr::XdrString::from_text("localhost").unwrap_or_default(),
+            my_prog: PROGRAM,
+            my_vers: 3,
+            my_proc: SM_NOTIFY,
+        },
+    }
+}
+
+/// SM_MON's arguments for `name`, asking Latch's status monitor for a
+/// notice about it that came before the watch, too (rpc.statd ignores
+/// that: `priv` is opaque to it).
+pub fn monitor_args(name: &[u8]) -> latch_nsm::proto::Mon {
+    latch_nsm::proto::Mon {
+        mon_id: monitor_id(name),
+        priv_: latch_xdr::FixedOpaque(latch_nsm::proto::PRIV_LATE_OK),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

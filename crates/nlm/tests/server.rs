@@ -653,6 +653,67 @@ fn a_share_with_the_nsm_state_in_its_owner_handle_is_checked_like_a_lock() {
     assert_eq!(share(&mut r, A, &sh(b"k", "a#1-7")), Stat::Granted);
 }
 
+/// A reboot notice that reached Latch's status monitor before it watched
+/// the host comes late, marked so (seed 0x2176d): the host got state here
+/// after its reboot, so only what is known to be older goes.
+#[test]
+fn a_late_notice_frees_only_what_an_older_start_asked() {
+    let mut r = Rig::default();
+    let sh = |file: &[u8], oh: &str| share_args("a", file, oh.as_bytes(), 1, 0);
+    let writer = |file: &[u8]| share_args("c", file, b"c", 2, 1);
+    let late = |state| SmStatus {
+        mon_name: Name::from_text("a").unwrap(),
+        state,
+        priv_: latch_xdr::FixedOpaque(latch_nsm::proto::PRIV_LATE),
+    };
+    // No state told yet: a plain share and an NM_LOCK, which cannot be
+    // dated, stay.
+    assert_eq!(share_v4(&mut r, A, &sh(b"plain", "p")), Stat::Granted);
+    let nm = la(&lk("a", 9, b"nm", 0, 1), true, false);
+    let res: Res = decode(&r.call(A, 4, NM_LOCK, &encode(&nm, 4)), 4).unwrap();
+    assert_eq!(res.stat, Stat::Granted);
+    r.call("127.0.0.1:700", 3, SM_NOTIFY, &encode(&late(3), 3));
+    assert_eq!(share_v4(&mut r, C, &writer(b"plain")), Stat::Denied);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"nm", 0, 0), true).stat,
+        Stat::Denied,
+        "the NM_LOCK stays"
+    );
+    // A copy of a request of the start before is now refused.
+    assert_eq!(share_v4(&mut r, A, &sh(b"old2", "a#1-7~1")), Stat::Denied);
+    // Host b told state 5 in a LOCK, of the start before the notice's, then
+    // asked a plain share and a Latch share of the notice's start.
+    let shb = |file: &[u8], oh: &str| share_args("b", file, oh.as_bytes(), 1, 0);
+    let mut old = la(&lk("b", 1, b"lb", 0, 0), true, false);
+    old.state = 5;
+    assert_eq!(r.lock(B, 4, &old), Stat::Granted);
+    assert_eq!(share_v4(&mut r, B, &shb(b"bold", "b#1-7~5")), Stat::Granted);
+    assert_eq!(share_v4(&mut r, B, &shb(b"bplain", "q")), Stat::Granted);
+    let late_b = SmStatus {
+        mon_name: Name::from_text("b").unwrap(),
+        ..late(7)
+    };
+    r.call("127.0.0.1:700", 3, SM_NOTIFY, &encode(&late_b, 3));
+    assert_eq!(
+        r.test(C, 4, &lk("c", 3, b"lb", 0, 0), true).stat,
+        Stat::Granted,
+        "state 5's lock is gone"
+    );
+    assert_eq!(share_v4(&mut r, C, &writer(b"bold")), Stat::Granted);
+    assert_eq!(
+        share_v4(&mut r, C, &writer(b"bplain")),
+        Stat::Denied,
+        "the share asked since state 5 was heard stays"
+    );
+    // An ordinary notice frees everything.
+    let st = SmStatus {
+        priv_: Default::default(),
+        ..late(5)
+    };
+    r.call("127.0.0.1:700", 3, SM_NOTIFY, &encode(&st, 3));
+    assert_eq!(share_v4(&mut r, C, &writer(b"plain")), Stat::Granted);
+}
+
 #[test]
 fn the_monitor_is_asked_once_per_host_and_never_for_nm_lock() {
     let mut r = Rig::default();

@@ -27,6 +27,12 @@ use latch_oncrpc::{CallContext, Outcome, Program};
 use latch_xdr::{Encode, Writer, XdrString};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// How long a notice about a host nobody watches is kept for a caller that
+/// asks for late notices ([`PRIV_LATE_OK`]): longer than a request from the
+/// host's previous start can spend in the network before it arrives.
+pub const LATE_NOTICE_KEEP: Duration = Duration::from_secs(120);
 
 /// Who may make SM_NOTIFY affect a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +52,9 @@ pub struct MonitorConfig {
     pub max_regs_per_host: usize,
     pub max_actions: usize,
     pub notify_check: NotifyCheck,
+    /// Notices about hosts nobody watches kept for late delivery; past it
+    /// the oldest goes.
+    pub max_late_notices: usize,
 }
 
 impl Default for MonitorConfig {
@@ -56,6 +65,7 @@ impl Default for MonitorConfig {
             max_regs_per_host: 16,
             max_actions: 8192,
             notify_check: NotifyCheck::Address,
+            max_late_notices: 256,
         }
     }
 }
@@ -91,6 +101,8 @@ pub struct MonitorStats {
     pub notify_untrusted: u64,
     pub notify_unknown: u64,
     pub callbacks: u64,
+    /// Notices delivered late, when their host came to be watched.
+    pub late_delivered: u64,
     pub refused_remote: u64,
     pub store_errors: u64,
     pub actions_dropped: u64,
@@ -111,9 +123,24 @@ pub fn next_up(s: u32) -> u32 {
     }
 }
 
+/// A notice about a host nobody watched when it came.
+#[derive(Debug, Clone)]
+struct LateNotice {
+    peer: IpAddr,
+    state: u32,
+    at: Instant,
+}
+
 pub struct Monitor<S: Storage> {
     state: u32,
     hosts: BTreeMap<Vec<u8>, HostRecord>,
+    /// Recent notices about hosts nobody watched, by host key: a lock
+    /// manager asks to watch a host only once it holds state, and a request
+    /// from that host's previous start, late in the network, may make it so
+    /// after the host's reboot notice came (seed 0x2176d).
+    late: BTreeMap<Vec<u8>, LateNotice>,
+    /// The time of the last call, for the ages of `late`.
+    clock: Option<Instant>,
     to_notify: BTreeMap<Vec<u8>, HostRecord>,
     storage: S,
     cfg: MonitorConfig,
@@ -139,6 +166,8 @@ impl<S: Storage> Monitor<S> {
         let mut m = Monitor {
             state,
             hosts: BTreeMap::new(),
+            late: BTreeMap::new(),
+            clock: None,
             to_notify,
             storage,
             cfg,
@@ -216,7 +245,98 @@ impl<S: Storage> Monitor<S> {
             if self.storage.save_host(&r).is_err() {
                 self.stats.store_errors += 1;
             }
+            // A notice untrusted at SM_MON may come from an address learnt
+            // now.
+            self.deliver_late(&key(host), None);
         }
+    }
+
+    /// Keeps a notice about a host nobody watches, for [`Self::deliver_late`].
+    fn keep_late(&mut self, named: Vec<u8>, peer: IpAddr, state: u32) {
+        let Some(now) = self.clock else {
+            return;
+        };
+        self.late
+            .retain(|_, n| now.saturating_duration_since(n.at) <= LATE_NOTICE_KEEP);
+        if let Some(n) = self.late.get_mut(&named) {
+            if state >= n.state {
+                *n = LateNotice {
+                    peer,
+                    state,
+                    at: now,
+                };
+            }
+            return;
+        }
+        if self.late.len() >= self.cfg.max_late_notices {
+            let oldest = self
+                .late
+                .iter()
+                .min_by_key(|(_, n)| n.at)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    self.late.remove(&k);
+                }
+                None => return,
+            }
+        }
+        self.late.insert(
+            named,
+            LateNotice {
+                peer,
+                state,
+                at: now,
+            },
+        );
+    }
+
+    /// The notice kept about host `k`, if it is recent, trusted and newer
+    /// than what we know, goes to the registrations that asked for late
+    /// notices (`only`: just that one, at its SM_MON). It is then the
+    /// host's last known state, so a copy of it arriving again is stale.
+    fn deliver_late(&mut self, k: &[u8], only: Option<&Registration>) {
+        let (Some(now), Some(n)) = (self.clock, self.late.get(k)) else {
+            return;
+        };
+        if now.saturating_duration_since(n.at) > LATE_NOTICE_KEEP {
+            return;
+        }
+        let n = n.clone();
+        let Some(r) = self.hosts.get(k) else {
+            return;
+        };
+        if !self.trusted(r, n.peer, &r.name) || r.last_state.is_some_and(|s| n.state <= s) {
+            return;
+        }
+        let regs: Vec<Registration> = r
+            .regs
+            .iter()
+            .filter(|g| g.priv_ == PRIV_LATE_OK && only.is_none_or(|o| o.same_target(g)))
+            .cloned()
+            .collect();
+        if regs.is_empty() {
+            return;
+        }
+        let mut r = r.clone();
+        r.last_state = Some(n.state);
+        if self.storage.save_host(&r).is_err() {
+            self.stats.store_errors += 1;
+        }
+        for g in &regs {
+            self.stats.late_delivered += 1;
+            self.push(Action::Callback {
+                prog: g.prog,
+                vers: g.vers,
+                proc_: g.proc_,
+                args: Status {
+                    mon_name: XdrString::new(r.name.clone()).unwrap_or_default(),
+                    state: n.state,
+                    priv_: latch_xdr::FixedOpaque(PRIV_LATE),
+                },
+            });
+        }
+        self.hosts.insert(k.to_vec(), r);
     }
 
     /// The lock manager saw `host` with NSM state `state` (in a LOCK): a
@@ -249,7 +369,7 @@ impl<S: Storage> Monitor<S> {
         });
         match rec.regs.iter().position(|r| r.same_target(&reg)) {
             Some(i) => rec.regs[i].priv_ = reg.priv_,
-            None if rec.regs.len() < self.cfg.max_regs_per_host => rec.regs.push(reg),
+            None if rec.regs.len() < self.cfg.max_regs_per_host => rec.regs.push(reg.clone()),
             None => return false,
         }
         if let Ok(ip) = std::str::from_utf8(&rec.name)
@@ -269,7 +389,8 @@ impl<S: Storage> Monitor<S> {
                 host: rec.name.clone(),
             });
         }
-        self.hosts.insert(k, rec);
+        self.hosts.insert(k.clone(), rec);
+        self.deliver_late(&k, Some(&reg));
         true
     }
 
@@ -365,6 +486,7 @@ impl<S: Storage> Monitor<S> {
         }
         if matched.is_empty() {
             self.stats.notify_unknown += 1;
+            self.keep_late(named.clone(), peer, c.state);
         }
         for k in matched {
             self.host_rebooted(&k, c.state);
@@ -425,6 +547,7 @@ impl<S: Storage> Program for Monitor<S> {
     }
 
     fn call(&mut self, ctx: &CallContext<'_>, args: &[u8], res: &mut Writer) -> Outcome {
+        self.clock = Some(self.clock.map_or(ctx.now, |c| c.max(ctx.now)));
         let local = ctx.is_local();
         if !local && matches!(ctx.proc_, SM_MON | SM_UNMON | SM_UNMON_ALL | SM_SIMU_CRASH) {
             self.stats.refused_remote += 1;

@@ -35,6 +35,16 @@ fn call(
     proc_: u32,
     args: &impl Encode,
 ) -> (Outcome, Vec<u8>) {
+    call_at(m, from, proc_, args, Instant::now())
+}
+
+fn call_at(
+    m: &mut Monitor<MemStore>,
+    from: &str,
+    proc_: u32,
+    args: &impl Encode,
+    now: Instant,
+) -> (Outcome, Vec<u8>) {
     let cred = Credential::None;
     let ctx = CallContext {
         peer: format!("{from}:700").parse().unwrap(),
@@ -44,7 +54,7 @@ fn call(
         vers: 1,
         proc_,
         cred: &cred,
-        now: Instant::now(),
+        now,
         wall_secs: 0,
     };
     let mut w = Writer::new();
@@ -385,4 +395,88 @@ fn limits_refuse_new_hosts_and_garbage_is_garbage() {
     );
     assert_eq!(call(&mut m, LO, SM_MON, &7u32).0, Outcome::GarbageArgs);
     assert_eq!(call(&mut m, LO, 99, &()).0, Outcome::ProcUnavail);
+}
+
+fn late_ok(host: &str, prog: u32) -> Mon {
+    Mon {
+        priv_: FixedOpaque(PRIV_LATE_OK),
+        ..mon(host, prog, 0)
+    }
+}
+
+fn notice(host: &str, state: u32) -> StatChge {
+    StatChge {
+        mon_name: name(host),
+        state,
+    }
+}
+
+#[test]
+fn a_notice_before_the_watch_reaches_only_who_asked_for_late_ones() {
+    let mut m = started(&MemStore::default());
+    let t = Instant::now();
+    call_at(&mut m, "10.1.1.1", SM_NOTIFY, &notice("10.1.1.1", 5), t);
+    call_at(&mut m, "10.1.1.2", SM_NOTIFY, &notice("10.1.1.2", 3), t);
+    assert!(callbacks(&mut m).is_empty());
+    // A caller with another priv gets the standard behaviour: nothing.
+    call_at(&mut m, LO, SM_MON, &mon("10.1.1.2", 100_099, 1), t);
+    assert!(callbacks(&mut m).is_empty());
+    // One that asked for late notices hears of it at once, marked late.
+    call_at(&mut m, LO, SM_MON, &late_ok("10.1.1.1", 100_021), t);
+    let cb = callbacks(&mut m);
+    assert_eq!(cb.len(), 1);
+    assert_eq!((cb[0].1.state, cb[0].1.priv_.0), (5, PRIV_LATE));
+    assert_eq!(m.stats.late_delivered, 1);
+    // The same notice again (the host retransmitting) is stale now; a
+    // newer one is delivered as usual, with the caller's own priv.
+    call_at(&mut m, "10.1.1.1", SM_NOTIFY, &notice("10.1.1.1", 5), t);
+    assert!(callbacks(&mut m).is_empty());
+    call_at(&mut m, "10.1.1.1", SM_NOTIFY, &notice("10.1.1.1", 7), t);
+    let cb = callbacks(&mut m);
+    assert_eq!(cb.len(), 1);
+    assert_eq!((cb[0].1.state, cb[0].1.priv_.0), (7, PRIV_LATE_OK));
+}
+
+#[test]
+fn a_late_notice_expires_is_bounded_and_must_be_trusted() {
+    let store = MemStore::default();
+    let mut m = Monitor::start(
+        store,
+        MonitorConfig {
+            max_late_notices: 2,
+            ..MonitorConfig::default()
+        },
+    )
+    .unwrap();
+    let t = Instant::now();
+    // Too old by the time the host is watched.
+    call_at(&mut m, "10.1.1.1", SM_NOTIFY, &notice("10.1.1.1", 5), t);
+    let later = t + LATE_NOTICE_KEEP + Duration::from_secs(1);
+    call_at(&mut m, LO, SM_MON, &late_ok("10.1.1.1", 100_021), later);
+    assert!(callbacks(&mut m).is_empty());
+    // Three notices with room for two: the oldest goes.
+    for (i, h) in ["10.2.0.1", "10.2.0.2", "10.2.0.3"].iter().enumerate() {
+        let at = later + Duration::from_millis(i as u64);
+        call_at(&mut m, h, SM_NOTIFY, &notice(h, 3), at);
+    }
+    for h in ["10.2.0.1", "10.2.0.2", "10.2.0.3"] {
+        call_at(&mut m, LO, SM_MON, &late_ok(h, 100_021), later);
+    }
+    let cb = callbacks(&mut m);
+    let names: Vec<_> = cb
+        .iter()
+        .map(|(_, s)| s.mon_name.as_bytes().to_vec())
+        .collect();
+    assert_eq!(names, vec![b"10.2.0.2".to_vec(), b"10.2.0.3".to_vec()]);
+    // A notice about a name from an address it is not known at waits
+    // until the name is found to resolve there.
+    call_at(&mut m, "10.3.0.1", SM_NOTIFY, &notice("client", 9), later);
+    call_at(&mut m, LO, SM_MON, &late_ok("client", 100_021), later);
+    assert!(callbacks(&mut m).is_empty());
+    m.learn_addrs(b"client", &["10.3.0.9".parse().unwrap()]);
+    assert!(callbacks(&mut m).is_empty());
+    m.learn_addrs(b"client", &["10.3.0.1".parse().unwrap()]);
+    let cb = callbacks(&mut m);
+    assert_eq!(cb.len(), 1);
+    assert_eq!((cb[0].1.state, cb[0].1.priv_.0), (9, PRIV_LATE));
 }

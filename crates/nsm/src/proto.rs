@@ -18,6 +18,15 @@ pub const MAX_STR: u32 = 1024;
 pub type Name = XdrString<MAX_STR>;
 pub type Priv = FixedOpaque<16>;
 
+/// The `priv` of an SM_MON whose caller also wants a notice that came
+/// before the watch: one about the host received in the last
+/// [`crate::monitor::LATE_NOTICE_KEEP`] is delivered right away, with
+/// [`PRIV_LATE`] as its `priv`. A Latch extension; any other `priv` gets
+/// the standard behaviour (such notices are dropped, as rpc.statd does).
+pub const PRIV_LATE_OK: [u8; 16] = *b"latch:late-ok\0\0\0";
+/// The `priv` of a notice delivered late (see [`PRIV_LATE_OK`]).
+pub const PRIV_LATE: [u8; 16] = *b"latch:late-ok\0\0\x01";
+
 pub const STAT_SUCC: u32 = 0;
 pub const STAT_FAIL: u32 = 1;
 

@@ -15,7 +15,7 @@ use latch_oncrpc::client::{encode_call, CallTable, RetryPolicy};
 use latch_oncrpc::drc::Drc;
 use latch_oncrpc::msg::{self, Credential, Xid};
 use latch_oncrpc::{CallContext, Dispatcher, Program, RpcError, Transport};
-use latch_xdr::{FixedOpaque, Writer, XdrString};
+use latch_xdr::{Writer, XdrString};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -1181,18 +1181,7 @@ impl World {
     /// as the callback (as latchd); retried a few times if refused.
     fn monitor(&mut self, h: usize, name: Vec<u8>, attempt: u32, client: bool) {
         use latch_nsm::proto as sm;
-        let args = latch_xdr::to_bytes(&sm::Mon {
-            mon_id: sm::MonId {
-                mon_name: XdrString::new(name.clone()).unwrap_or_default(),
-                my_id: sm::MyId {
-                    my_name: XdrString::from_text("localhost").unwrap_or_default(),
-                    my_prog: nlm::PROGRAM,
-                    my_vers: 3,
-                    my_proc: nlm::SM_NOTIFY,
-                },
-            },
-            priv_: FixedOpaque([0; 16]),
-        });
+        let args = latch_xdr::to_bytes(&nlm::monitor_args(&name));
         let ok = match self.loopback(h, sm::PROGRAM, sm::VERSION, sm::SM_MON, &args) {
             Some(Ok(b)) => latch_xdr::from_bytes::<sm::SmStatRes>(&b)
                 .is_ok_and(|r| r.res_stat == sm::STAT_SUCC),

@@ -408,16 +408,17 @@ fn regression_late_res_late_granted_and_lost_direct_grant() {
     }
 }
 
-/// Open (sweeps from 130000 and 150000): our server restarted; a client host then
+/// Sweeps from 130000 and 150000: our server restarted; a client host then
 /// crashed and restarted too, and its reboot notice reached our status
 /// monitor before the lock manager had asked it to watch that host again,
 /// so it was dropped (as Linux's statd drops it). A share reclaim of the
-/// dead start, late in the network, was then granted, and nothing frees it.
-/// A fix: the status monitor keeps recent notices about hosts it does not
-/// watch (bounded) and replays them when one is monitored.
+/// dead start, late in the network, was then granted, and nothing freed it.
+/// Fixed: the status monitor keeps recent notices about hosts it does not
+/// watch (bounded) and delivers them, marked late, to a lock manager that
+/// asks for them when it starts watching; the lock manager then frees only
+/// what is known to be older than the notice.
 #[test]
-#[ignore = "open: a notice that came before the host was monitored again is lost"]
-fn open_notice_before_monitoring_is_lost() {
+fn regression_notice_before_monitoring_is_delivered_late() {
     for seed in [0x2176d, 0x257b3] {
         check_as_found(seed);
     }
