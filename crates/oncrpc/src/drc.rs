@@ -5,8 +5,7 @@
 //! for byte, even if the state has changed since.
 
 use crate::msg::Xid;
-use std::collections::hash_map::{Entry as Slot, RandomState};
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 
@@ -198,59 +197,177 @@ pub struct DrcStats {
 
 /// A bounded cache: at most `max_entries` entries and `max_bytes` of cached
 /// replies; the oldest entry goes first.
+///
+/// The entries sit in a ring in arrival order, so the oldest is always the
+/// next to be overwritten and evicting it touches memory already on its
+/// way (a map of entries pays a trip to a long-cold bucket per eviction,
+/// and a full cache evicts on every call). They are found through an open
+/// addressing index of 8 bytes a slot (hash tag and ring position, linear
+/// probing, deletion by backward shift) that stays in cache; it grows with
+/// the ring, to at most twice the entries.
 #[derive(Debug)]
 pub struct Drc {
-    entries: HashMap<DrcKey, Entry, Keyed>,
-    order: VecDeque<DrcKey>,
+    ring: Vec<Slot>,
+    /// The oldest ring position in use, and how many are in use from it
+    /// (entries removed early stay as dead slots until overwritten).
+    tail: usize,
+    used: usize,
+    /// 0: empty; else the hash's high 32 bits above (ring position + 1).
+    index: Vec<u64>,
+    live: usize,
+    hasher: Keyed,
     bytes: usize,
     max_entries: usize,
     max_bytes: usize,
     pub stats: DrcStats,
 }
 
+#[derive(Debug)]
+struct Slot {
+    key: DrcKey,
+    hash: u32,
+    /// `None`: evicted or removed.
+    entry: Option<Entry>,
+}
+
 impl Drc {
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        // Ring positions must fit the index's 32 bits.
+        let max_entries = max_entries.clamp(1, u32::MAX as usize - 1);
         Drc {
-            entries: HashMap::with_hasher(Keyed::new()),
-            order: VecDeque::new(),
+            ring: Vec::new(),
+            tail: 0,
+            used: 0,
+            index: vec![0; 16],
+            live: 0,
+            hasher: Keyed::new(),
             bytes: 0,
-            max_entries: max_entries.max(1),
+            max_entries,
             max_bytes,
             stats: DrcStats::default(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.live == 0
+    }
+
+    fn hash(&self, key: &DrcKey) -> u32 {
+        (self.hasher.hash_one(key) >> 32) as u32
+    }
+
+    fn mask(&self) -> usize {
+        self.index.len() - 1
+    }
+
+    /// The index slot and ring position of `key`.
+    fn find(&self, key: &DrcKey, hash: u32) -> Option<(usize, usize)> {
+        let mask = self.mask();
+        let mut i = hash as usize & mask;
+        loop {
+            let e = self.index[i];
+            if e == 0 {
+                return None;
+            }
+            if (e >> 32) as u32 == hash {
+                let pos = (e as u32 as usize) - 1;
+                if self.ring.get(pos).is_some_and(|s| s.key == *key) {
+                    return Some((i, pos));
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn index_insert(&mut self, hash: u32, pos: usize) {
+        let mask = self.mask();
+        let mut i = hash as usize & mask;
+        while self.index[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.index[i] = u64::from(hash) << 32 | (pos as u64 + 1);
+    }
+
+    /// Empties index slot `i`, shifting back the entries after it that
+    /// would otherwise no longer be found.
+    fn index_remove(&mut self, mut i: usize) {
+        let mask = self.mask();
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let e = self.index[j];
+            if e == 0 {
+                break;
+            }
+            let home = (e >> 32) as usize & mask;
+            // Leave it unless its home is cyclically outside (i, j].
+            let stays = if i <= j {
+                i < home && home <= j
+            } else {
+                i < home || home <= j
+            };
+            if !stays {
+                self.index[i] = e;
+                i = j;
+            }
+        }
+        self.index[i] = 0;
+    }
+
+    /// Twice the size once more than half full, up to twice the entries.
+    fn grow_index(&mut self) {
+        if 2 * (self.live + 1) <= self.index.len() {
+            return;
+        }
+        let size = self.index.len() * 2;
+        self.index = vec![0; size];
+        for pos in 0..self.ring.len() {
+            if self.ring[pos].entry.is_some() {
+                let h = self.ring[pos].hash;
+                self.index_insert(h, pos);
+            }
+        }
     }
 
     /// Looks a request up; a new one is recorded as in progress.
     pub fn begin(&mut self, key: DrcKey) -> Lookup {
-        // One hash for the lookup and the insert; the oldest entry goes
-        // after (the new one is the youngest, so it is not the one).
-        match self.entries.entry(key) {
-            Slot::Occupied(o) => match o.get() {
-                Entry::InProgress => {
+        let hash = self.hash(&key);
+        if let Some((_, pos)) = self.find(&key, hash) {
+            return match &self.ring[pos].entry {
+                Some(Entry::InProgress) | None => {
                     self.stats.in_progress_drops += 1;
                     Lookup::InProgress
                 }
-                Entry::Done(reply) => {
+                Some(Entry::Done(reply)) => {
                     self.stats.hits += 1;
                     Lookup::Replay(reply.as_ref().map(|r| r.as_slice().to_vec()))
                 }
-            },
-            Slot::Vacant(v) => {
-                self.stats.misses += 1;
-                v.insert(Entry::InProgress);
-                self.order.push_back(key);
-                self.make_room(0, 0);
-                Lookup::New
-            }
+            };
         }
+        self.stats.misses += 1;
+        if self.used == self.max_entries {
+            self.evict_oldest();
+        }
+        self.grow_index();
+        let pos = (self.tail + self.used) % self.max_entries;
+        let slot = Slot {
+            key,
+            hash,
+            entry: Some(Entry::InProgress),
+        };
+        if pos == self.ring.len() {
+            self.ring.push(slot);
+        } else {
+            self.ring[pos] = slot;
+        }
+        self.used += 1;
+        self.live += 1;
+        self.index_insert(hash, pos);
+        Lookup::New
     }
 
     /// Records the reply of a request begun with [`Drc::begin`]. If the entry
@@ -262,9 +379,17 @@ impl Drc {
             return;
         }
         // The entry is already counted: make room for the bytes only.
-        self.make_room(0, size);
-        if let Some(e) = self.entries.get_mut(&key) {
-            *e = Entry::Done(reply.map(Reply::new));
+        while self.bytes + size > self.max_bytes && self.used > 0 {
+            self.evict_oldest();
+        }
+        let hash = self.hash(&key);
+        if let Some((_, pos)) = self.find(&key, hash) {
+            let old = self.ring[pos]
+                .entry
+                .replace(Entry::Done(reply.map(Reply::new)));
+            if let Some(Entry::Done(Some(r))) = old {
+                self.bytes -= r.as_slice().len();
+            }
             self.bytes += size;
         }
     }
@@ -276,37 +401,51 @@ impl Drc {
 
     /// Whether `key` was there.
     fn remove(&mut self, key: &DrcKey) -> bool {
-        match self.entries.remove(key) {
-            Some(Entry::Done(Some(r))) => {
+        let hash = self.hash(key);
+        let Some((i, pos)) = self.find(key, hash) else {
+            return false;
+        };
+        self.index_remove(i);
+        self.clear(pos);
+        true
+    }
+
+    /// Empties ring position `pos`, which the index no longer names.
+    fn clear(&mut self, pos: usize) {
+        if let Some(e) = self.ring[pos].entry.take() {
+            self.live -= 1;
+            if let Entry::Done(Some(r)) = e {
                 self.bytes -= r.as_slice().len();
-                true
             }
-            Some(_) => true,
-            // The key stays in `order` and is skipped when it reaches the front.
-            None => false,
         }
     }
 
-    /// Evicts the oldest entries until `entries` more entries and `bytes`
-    /// more bytes fit.
-    fn make_room(&mut self, entries: usize, bytes: usize) {
-        while self.entries.len() + entries > self.max_entries
-            || (self.bytes + bytes > self.max_bytes && !self.entries.is_empty())
-            || self.order.len() > 2 * self.max_entries
-        {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            if self.remove(&old) {
-                self.stats.evictions += 1;
+    /// The oldest ring position goes, and its entry if it still has one.
+    fn evict_oldest(&mut self) {
+        let pos = self.tail;
+        if self.ring[pos].entry.is_some() {
+            // Found by position: no key to compare.
+            let mask = self.mask();
+            let want = u64::from(self.ring[pos].hash) << 32 | (pos as u64 + 1);
+            let mut i = self.ring[pos].hash as usize & mask;
+            while self.index[i] != want && self.index[i] != 0 {
+                i = (i + 1) & mask;
             }
+            if self.index[i] == want {
+                self.index_remove(i);
+            }
+            self.clear(pos);
+            self.stats.evictions += 1;
         }
+        self.tail = (self.tail + 1) % self.max_entries;
+        self.used -= 1;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
 
     fn key(xid: u32, args: &[u8]) -> DrcKey {
         DrcKey::new(
@@ -351,7 +490,7 @@ mod tests {
             c.finish(key(i, b""), Some(&[0; 30]));
             assert!(c.len() <= 4);
             assert!(c.bytes <= 100);
-            assert!(c.order.len() <= 2 * 4 + 1);
+            assert!(c.used <= 4 && c.ring.len() <= 4);
         }
         // The newest survive, the oldest are gone.
         assert!(matches!(c.begin(key(99, b"")), Lookup::Replay(_)));
@@ -360,5 +499,80 @@ mod tests {
         c.begin(key(1000, b""));
         c.finish(key(1000, b""), Some(&[0; 101]));
         assert_eq!(c.begin(key(1000, b"")), Lookup::New);
+    }
+
+    /// Random calls against a plain model of the ring (a queue searched
+    /// linearly), with few buckets' worth of keys so that the index probes,
+    /// wraps and shifts back often.
+    #[test]
+    fn the_index_agrees_with_a_linear_model() {
+        #[derive(Clone, PartialEq, Debug)]
+        enum M {
+            Running,
+            Done(usize),
+        }
+        let (cap, max_bytes) = (7usize, 120usize);
+        let mut c = Drc::new(cap, max_bytes);
+        // (key, state); `None` for a dead slot.
+        let mut model: VecDeque<(u32, Option<M>)> = VecDeque::new();
+        let mut bytes = 0usize;
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let evict = |model: &mut VecDeque<(u32, Option<M>)>, bytes: &mut usize| {
+            if let Some((_, Some(M::Done(n)))) = model.pop_front() {
+                *bytes -= n;
+            }
+        };
+        for step in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = (x >> 8) as u32 % 24;
+            let op = x % 8;
+            let found = model.iter().position(|(mk, st)| *mk == k && st.is_some());
+            match op {
+                0..=3 => {
+                    let got = c.begin(key(k, b"x"));
+                    let want = match found.and_then(|i| model[i].1.clone()) {
+                        Some(M::Running) => Lookup::InProgress,
+                        Some(M::Done(n)) => Lookup::Replay(Some(vec![k as u8; n])),
+                        None => {
+                            if model.len() == cap {
+                                evict(&mut model, &mut bytes);
+                            }
+                            model.push_back((k, Some(M::Running)));
+                            Lookup::New
+                        }
+                    };
+                    assert_eq!(got, want, "step {step} begin {k}");
+                }
+                4..=6 => {
+                    let n = (x >> 40) as usize % 50;
+                    c.finish(key(k, b"x"), Some(&vec![k as u8; n]));
+                    while bytes + n > max_bytes && !model.is_empty() {
+                        evict(&mut model, &mut bytes);
+                    }
+                    let found = model.iter().position(|(mk, st)| *mk == k && st.is_some());
+                    if let Some(i) = found {
+                        if let Some(M::Done(old)) = model[i].1 {
+                            bytes -= old;
+                        }
+                        model[i].1 = Some(M::Done(n));
+                        bytes += n;
+                    }
+                }
+                _ => {
+                    c.abandon(&key(k, b"x"));
+                    if let Some(i) = found {
+                        if let Some(M::Done(n)) = model[i].1 {
+                            bytes -= n;
+                        }
+                        model[i].1 = None;
+                    }
+                }
+            }
+            assert_eq!(c.bytes, bytes, "step {step}");
+            assert_eq!(c.len(), model.iter().filter(|(_, s)| s.is_some()).count());
+            assert!(c.len() <= cap && c.bytes <= max_bytes);
+        }
     }
 }

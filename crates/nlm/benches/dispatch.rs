@@ -1,0 +1,122 @@
+//! The server side of one NLM call, in process: message decoding, the
+//! duplicate request cache, the lock manager and the reply, as latchd's
+//! shell calls them, with no socket. NULL against LOCK and UNLOCK on
+//! distinct files from 64 client hosts, so the cost LOCK+UNLOCK adds over
+//! two NULLs (issue 4's `rate` at K=64) can be seen apart from the network
+//! and the benchmark client.
+//!
+//! `cargo bench -p latch-nlm --bench dispatch`
+
+#![allow(clippy::disallowed_methods)] // a benchmark reads the clock once
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use latch_nlm::proto::{encode, Lock, LockArgs, Netobj, UnlockArgs, LOCK, PROGRAM, UNLOCK};
+use latch_nlm::{MemHostStore, NlmConfig, NlmServer};
+use latch_oncrpc::client::encode_call;
+use latch_oncrpc::drc::Drc;
+use latch_oncrpc::{Credential, Dispatcher, Transport, Xid};
+use latch_xdr::XdrString;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+const CLIENTS: usize = 64;
+
+struct Client {
+    peer: SocketAddr,
+    lock: Vec<u8>,
+    unlock: Vec<u8>,
+}
+
+/// A call message as a client sends it; its xid is rewritten per call.
+fn call(proc_: u32, args: &[u8]) -> Vec<u8> {
+    let cred = Credential::Sys(latch_oncrpc::msg::AuthSys {
+        stamp: 1,
+        machine_name: XdrString::from_text("client").unwrap_or_default(),
+        uid: 0,
+        gid: 0,
+        gids: Vec::new(),
+    });
+    encode_call(Xid(0), PROGRAM, 4, proc_, &cred, args)
+}
+
+fn clients() -> Vec<Client> {
+    (0..CLIENTS)
+        .map(|i| {
+            let name = format!("10.9.{}.{}", i / 250, i % 250 + 1);
+            let l = Lock {
+                caller_name: XdrString::from_text(&name).unwrap_or_default(),
+                fh: Netobj::from_slice(format!("file-handle-{i:020}").as_bytes())
+                    .unwrap_or_default(),
+                oh: Netobj::from_slice(format!("{name}#1-1~1").as_bytes()).unwrap_or_default(),
+                svid: 1,
+                offset: 0,
+                len: 0,
+            };
+            let la = LockArgs {
+                cookie: Netobj::from_slice(b"cookie01").unwrap_or_default(),
+                block: false,
+                exclusive: true,
+                lock: l.clone(),
+                reclaim: false,
+                state: 1,
+            };
+            let ua = UnlockArgs {
+                cookie: Netobj::from_slice(b"cookie02").unwrap_or_default(),
+                lock: l,
+            };
+            Client {
+                peer: format!("{name}:800")
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!()),
+                lock: call(LOCK, &encode(&la, 4)),
+                unlock: call(UNLOCK, &encode(&ua, 4)),
+            }
+        })
+        .collect()
+}
+
+fn set_xid(msg: &mut [u8], xid: u32) {
+    msg[..4].copy_from_slice(&xid.to_be_bytes());
+}
+
+fn dispatch(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let server = match NlmServer::new(NlmConfig::default(), Box::new(MemHostStore::default()), t0) {
+        Ok(s) => s,
+        Err(e) => panic!("server: {e}"),
+    };
+    // latchd's default cache size.
+    let mut d = Dispatcher::new(Drc::new(4096, 4 << 20));
+    d.register(Box::new(server));
+    let mut cl = clients();
+    let mut null = call(0, &[]);
+    let mut xid = 1u32;
+    let mut k = 0usize;
+    let mut g = c.benchmark_group("nlm_dispatch_64_hosts");
+    g.bench_function("null", |b| {
+        b.iter(|| {
+            xid = xid.wrapping_add(1);
+            set_xid(&mut null, xid);
+            k = (k + 1) % CLIENTS;
+            black_box(d.handle(cl[k].peer, None, Transport::Udp, &null, t0, 0))
+        })
+    });
+    g.bench_function("lock_unlock_pair", |b| {
+        b.iter(|| {
+            k = (k + 1) % CLIENTS;
+            let c = &mut cl[k];
+            xid = xid.wrapping_add(1);
+            set_xid(&mut c.lock, xid);
+            let r = d.handle(c.peer, None, Transport::Udp, &c.lock, t0, 0);
+            black_box(r);
+            xid = xid.wrapping_add(1);
+            set_xid(&mut c.unlock, xid);
+            black_box(d.handle(c.peer, None, Transport::Udp, &c.unlock, t0, 0))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, dispatch);
+criterion_main!(benches);
