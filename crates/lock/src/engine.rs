@@ -67,7 +67,7 @@ pub struct Engine {
     pub(crate) limits: Limits,
     pub(crate) grace: bool,
     pub(crate) owners: Owners,
-    file_ids: HashMap<FileKey, FileId>,
+    file_ids: HashMap<FileKey, FileId, latch_hash::KeyedState>,
     files: Vec<Option<FileState>>,
     free_files: Vec<u32>,
     /// Files that became empty, kept live (key, id and arenas) for a while
@@ -92,7 +92,7 @@ impl Engine {
             limits,
             grace: false,
             owners: Owners::default(),
-            file_ids: HashMap::new(),
+            file_ids: HashMap::default(),
             files: Vec::new(),
             free_files: Vec::new(),
             idle_files: VecDeque::new(),

@@ -3,7 +3,7 @@
 //! pick colliding keys, and a multiply spreads them well enough; the keyed
 //! SipHash of the standard maps cost more than the lookups it served, on
 //! every lock and unlock. Maps keyed by what clients send (file and owner
-//! handles) keep the standard hasher.
+//! handles) use the keyed hasher of `latch-hash`.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};

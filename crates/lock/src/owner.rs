@@ -116,7 +116,7 @@ struct ShortKey(Who);
 
 #[derive(Default)]
 pub(crate) struct Owners {
-    map: HashMap<Owner, OwnerId>,
+    map: HashMap<Owner, OwnerId, latch_hash::KeyedState>,
     slab: Vec<Option<OwnerEntry>>,
     /// `short[i]` is the key of `slab[i]`.
     short: Vec<ShortKey>,

@@ -299,8 +299,8 @@ impl NlmServer {
     }
 
     /// The host now holds state: ask the monitor to watch it (once per
-    /// host, off the request path), and make its name durable before we
-    /// answer, so a restart's grace period waits for it.
+    /// host, off the request path). Its name is already durable: LOCK and
+    /// SHARE make it so before they take anything.
     pub(crate) fn note_state(&mut self, host: HostId, monitor: bool, now: u64) {
         let Some(h) = self.hosts.get_mut(host) else {
             return;
@@ -310,14 +310,6 @@ impl NlmServer {
             h.monitored = true;
             let name = h.name.clone();
             self.push(Action::Monitor { name });
-        }
-        // Every LOCK comes here: look the name up without copying it.
-        let saved = self
-            .hosts
-            .get(host)
-            .is_some_and(|h| self.saved.contains(&*name_key_ref(&h.name)));
-        if !saved {
-            self.persist_hosts(now, true);
         }
     }
 

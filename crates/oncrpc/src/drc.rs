@@ -5,8 +5,8 @@
 //! for byte, even if the state has changed since.
 
 use crate::msg::Xid;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
+use latch_hash::KeyedState;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 
 /// Identifies one request. The checksum of the arguments keeps a client that
@@ -71,66 +71,6 @@ fn args_sum(bytes: &[u8]) -> u64 {
         h = mix(h, u64::from_le_bytes(a));
     }
     h
-}
-
-/// The cache's hasher: a folded 128-bit multiply per word under two keys
-/// drawn at random once per cache (as foldhash does), a fraction of
-/// SipHash's cost. The network picks the keys hashed, but without the
-/// hasher's keys nobody can aim them at one bucket; and the cache is
-/// bounded, so even colliding keys would cost a scan of at most
-/// `max_entries` entries, not an unbounded one.
-#[derive(Clone, Copy, Debug)]
-struct Keyed {
-    seed: u64,
-    mul: u64,
-}
-
-impl Keyed {
-    fn new() -> Keyed {
-        let r = RandomState::new();
-        Keyed {
-            seed: r.hash_one(0x243f_6a88_85a3_08d3u64),
-            // Odd, so the multiply loses no bits of the word.
-            mul: r.hash_one(0x1319_8a2e_0370_7344u64) | 1,
-        }
-    }
-}
-
-impl BuildHasher for Keyed {
-    type Hasher = KeyedHasher;
-    fn build_hasher(&self) -> KeyedHasher {
-        KeyedHasher {
-            h: self.seed,
-            mul: self.mul,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct KeyedHasher {
-    h: u64,
-    mul: u64,
-}
-
-fn fold(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-impl Hasher for KeyedHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.write_u64(args_sum(bytes));
-    }
-    fn write_u64(&mut self, w: u64) {
-        self.h = fold(self.h ^ w, self.mul).wrapping_add(w);
-    }
-    fn write_u128(&mut self, w: u128) {
-        self.write_u64(w as u64);
-        self.write_u64((w >> 64) as u64);
-    }
-    fn finish(&self) -> u64 {
-        fold(self.h, self.mul ^ self.h.rotate_left(32))
-    }
 }
 
 #[derive(Debug)]
@@ -215,7 +155,7 @@ pub struct Drc {
     /// 0: empty; else the hash's high 32 bits above (ring position + 1).
     index: Vec<u64>,
     live: usize,
-    hasher: Keyed,
+    hasher: KeyedState,
     bytes: usize,
     max_entries: usize,
     max_bytes: usize,
@@ -240,7 +180,7 @@ impl Drc {
             used: 0,
             index: vec![0; 16],
             live: 0,
-            hasher: Keyed::new(),
+            hasher: KeyedState::new(),
             bytes: 0,
             max_entries,
             max_bytes,
