@@ -62,7 +62,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 pub struct Hosts {
     /// By name key, then address (a name rarely comes from more than one):
     /// looked up by a borrowed name, with no allocation per call.
-    by_key: HashMap<Vec<u8>, Vec<(IpAddr, HostId)>>,
+    by_key: HashMap<Vec<u8>, Vec<(IpAddr, HostId)>, latch_hash::KeyedState>,
     by_id: BTreeMap<HostId, Host>,
     next_id: u64,
 }

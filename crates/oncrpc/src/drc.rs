@@ -155,6 +155,9 @@ pub struct Drc {
     /// 0: empty; else the hash's high 32 bits above (ring position + 1).
     index: Vec<u64>,
     live: usize,
+    /// Where the last new request went: [`Drc::finish`] usually follows at
+    /// once, and finds it there without a probe.
+    last: usize,
     hasher: KeyedState,
     bytes: usize,
     max_entries: usize,
@@ -180,6 +183,7 @@ impl Drc {
             used: 0,
             index: vec![0; 16],
             live: 0,
+            last: 0,
             hasher: KeyedState::new(),
             bytes: 0,
             max_entries,
@@ -306,6 +310,7 @@ impl Drc {
         }
         self.used += 1;
         self.live += 1;
+        self.last = pos;
         self.index_insert(hash, pos);
         Lookup::New
     }
@@ -322,8 +327,17 @@ impl Drc {
         while self.bytes + size > self.max_bytes && self.used > 0 {
             self.evict_oldest();
         }
-        let hash = self.hash(&key);
-        if let Some((_, pos)) = self.find(&key, hash) {
+        let at_last = self
+            .ring
+            .get(self.last)
+            .is_some_and(|s| s.entry.is_some() && s.key == key);
+        let pos = if at_last {
+            Some(self.last)
+        } else {
+            let hash = self.hash(&key);
+            self.find(&key, hash).map(|(_, pos)| pos)
+        };
+        if let Some(pos) = pos {
             let old = self.ring[pos]
                 .entry
                 .replace(Entry::Done(reply.map(Reply::new)));
