@@ -803,6 +803,57 @@ fn with_latchs_own_nsm_a_clients_sm_notify_frees_its_locks() {
     assert!(freed, "locks not freed: {}", w.log());
 }
 
+/// Latch's own NSM keeps a reboot notice about a client nobody watches
+/// yet. When a LOCK of the client's start before that (late in the
+/// network) then makes the lock manager watch it, the notice is delivered,
+/// marked late: that lock goes, a copy of such a LOCK is refused, and the
+/// new start's is granted (seed 0x2176d).
+#[test]
+fn with_latchs_own_nsm_a_notice_before_the_watch_is_delivered_late() {
+    let w = World::new("");
+    w.client
+        .hosts(&[(CLIENT_IP, "client"), (SERVER_IP, "server")]);
+    let cdir = w.dir.path().join("client-sm");
+    client_monitors(&w.client, &w._rpcbind, &cdir, SERVER_IP);
+    let out = sm_notify(&w.client, &w._rpcbind, &cdir, CLIENT_IP, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = std::fs::read(cdir.join("state")).unwrap();
+    let state = u32::from_ne_bytes(raw[..4].try_into().unwrap());
+    assert!(state >= 3, "client state {state}");
+    let mut c = w.udp();
+    let mut old = la(&lk(CLIENT_IP, 1, b"f", 0, 0), true, false);
+    old.state = state - 2;
+    assert_eq!(c.lock(4, &old), Stat::Granted, "{}", w.log());
+    let mut freed = false;
+    for _ in 0..100 {
+        if c.test(4, &lk("other", 2, b"f", 0, 0), true).stat == Stat::Granted {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(freed, "the late notice freed nothing: {}", w.log());
+    let mut copy = la(&lk(CLIENT_IP, 3, b"g", 0, 0), true, false);
+    copy.state = state - 2;
+    assert_eq!(
+        c.lock(4, &copy),
+        Stat::Denied,
+        "a request of the dead start"
+    );
+    let mut new = la(&lk(CLIENT_IP, 1, b"h", 0, 0), true, false);
+    new.state = state;
+    assert_eq!(c.lock(4, &new), Stat::Granted);
+    assert_eq!(
+        c.test(4, &lk("other", 2, b"h", 0, 0), true).stat,
+        Stat::Denied,
+        "the new start's lock stays"
+    );
+}
+
 /// Makes a real rpc.statd on the client monitor `server` (as the client's
 /// kernel does when it first locks there), leaving the record in `dir` that
 /// sm-notify reads after the client "reboots"; then stops that statd.

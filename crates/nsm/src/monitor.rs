@@ -296,17 +296,31 @@ impl<S: Storage> Monitor<S> {
     /// notices (`only`: just that one, at its SM_MON). It is then the
     /// host's last known state, so a copy of it arriving again is stale.
     fn deliver_late(&mut self, k: &[u8], only: Option<&Registration>) {
-        let (Some(now), Some(n)) = (self.clock, self.late.get(k)) else {
+        let (Some(now), Some(r)) = (self.clock, self.hosts.get(k)) else {
             return;
         };
-        if now.saturating_duration_since(n.at) > LATE_NOTICE_KEEP {
+        // The notice under this name, or one sent from an address the host
+        // is known at, under another name (as on_notify matches them).
+        let fresh = |n: &&LateNotice| now.saturating_duration_since(n.at) <= LATE_NOTICE_KEEP;
+        let named = self
+            .late
+            .get(k)
+            .filter(fresh)
+            .filter(|n| self.trusted(r, n.peer, &r.name));
+        let by_addr = self
+            .late
+            .values()
+            .filter(fresh)
+            .filter(|n| {
+                let p = canonical(n.peer);
+                !p.is_loopback() && r.addrs.iter().any(|a| canonical(*a) == p)
+            })
+            .max_by_key(|n| n.state);
+        let Some(n) = named.into_iter().chain(by_addr).max_by_key(|n| n.state) else {
             return;
-        }
+        };
         let n = n.clone();
-        let Some(r) = self.hosts.get(k) else {
-            return;
-        };
-        if !self.trusted(r, n.peer, &r.name) || r.last_state.is_some_and(|s| n.state <= s) {
+        if r.last_state.is_some_and(|s| n.state <= s) {
             return;
         }
         let regs: Vec<Registration> = r

@@ -479,4 +479,12 @@ fn a_late_notice_expires_is_bounded_and_must_be_trusted() {
     let cb = callbacks(&mut m);
     assert_eq!(cb.len(), 1);
     assert_eq!((cb[0].1.state, cb[0].1.priv_.0), (9, PRIV_LATE));
+    // A host that announces itself by name, watched by its address (as
+    // rpc.statd's sm-notify and a lock manager keyed by caller address do).
+    call_at(&mut m, "10.4.0.1", SM_NOTIFY, &notice("box", 5), later);
+    call_at(&mut m, LO, SM_MON, &late_ok("10.4.0.1", 100_021), later);
+    let cb = callbacks(&mut m);
+    assert_eq!(cb.len(), 1);
+    assert_eq!(cb[0].1.mon_name.as_bytes(), b"10.4.0.1");
+    assert_eq!((cb[0].1.state, cb[0].1.priv_.0), (5, PRIV_LATE));
 }
