@@ -40,18 +40,21 @@ fn call(proc_: u32, args: &[u8]) -> Vec<u8> {
     encode_call(Xid(0), PROGRAM, 4, proc_, &cred, args)
 }
 
-fn clients() -> Vec<Client> {
+/// Each client on a file of its own (`one_file` false) or on a range of
+/// its own in one file, as `latch bench lock`'s files and ranges.
+fn clients(one_file: bool) -> Vec<Client> {
     (0..CLIENTS)
         .map(|i| {
             let name = format!("10.9.{}.{}", i / 250, i % 250 + 1);
+            let f = if one_file { 0 } else { i };
             let l = Lock {
                 caller_name: XdrString::from_text(&name).unwrap_or_default(),
-                fh: Netobj::from_slice(format!("file-handle-{i:020}").as_bytes())
+                fh: Netobj::from_slice(format!("file-handle-{f:020}").as_bytes())
                     .unwrap_or_default(),
                 oh: Netobj::from_slice(format!("{name}#1-1~1").as_bytes()).unwrap_or_default(),
                 svid: 1,
-                offset: 0,
-                len: 0,
+                offset: if one_file { i as u64 * 4096 } else { 0 },
+                len: if one_file { 4096 } else { 0 },
             };
             let la = LockArgs {
                 cookie: Netobj::from_slice(b"cookie01").unwrap_or_default(),
@@ -89,32 +92,35 @@ fn dispatch(c: &mut Criterion) {
     // latchd's default cache size.
     let mut d = Dispatcher::new(Drc::new(4096, 4 << 20));
     d.register(Box::new(server));
-    let mut cl = clients();
     let mut null = call(0, &[]);
     let mut xid = 1u32;
     let mut k = 0usize;
     let mut g = c.benchmark_group("nlm_dispatch_64_hosts");
+    let peers: Vec<SocketAddr> = clients(false).iter().map(|c| c.peer).collect();
     g.bench_function("null", |b| {
         b.iter(|| {
             xid = xid.wrapping_add(1);
             set_xid(&mut null, xid);
             k = (k + 1) % CLIENTS;
-            black_box(d.handle(cl[k].peer, None, Transport::Udp, &null, t0, 0))
+            black_box(d.handle(peers[k], None, Transport::Udp, &null, t0, 0))
         })
     });
-    g.bench_function("lock_unlock_pair", |b| {
-        b.iter(|| {
-            k = (k + 1) % CLIENTS;
-            let c = &mut cl[k];
-            xid = xid.wrapping_add(1);
-            set_xid(&mut c.lock, xid);
-            let r = d.handle(c.peer, None, Transport::Udp, &c.lock, t0, 0);
-            black_box(r);
-            xid = xid.wrapping_add(1);
-            set_xid(&mut c.unlock, xid);
-            black_box(d.handle(c.peer, None, Transport::Udp, &c.unlock, t0, 0))
-        })
-    });
+    for (name, one_file) in [("files", false), ("ranges", true)] {
+        let mut cl = clients(one_file);
+        g.bench_function(format!("lock_unlock_pair/{name}"), |b| {
+            b.iter(|| {
+                k = (k + 1) % CLIENTS;
+                let c = &mut cl[k];
+                xid = xid.wrapping_add(1);
+                set_xid(&mut c.lock, xid);
+                let r = d.handle(c.peer, None, Transport::Udp, &c.lock, t0, 0);
+                black_box(r);
+                xid = xid.wrapping_add(1);
+                set_xid(&mut c.unlock, xid);
+                black_box(d.handle(c.peer, None, Transport::Udp, &c.unlock, t0, 0))
+            })
+        });
+    }
     g.finish();
 }
 
