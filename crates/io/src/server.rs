@@ -191,10 +191,12 @@ fn handle(
 ) -> Option<Vec<u8>> {
     let now = Instant::now();
     let wall = crate::wall_secs();
+    // Parsed before the lock is taken: the lock is held for less.
+    let call = latch_oncrpc::msg::parse_call(bytes);
     // A panic while handling would poison the lock; the dispatcher's state
     // is still consistent per call, so keep serving.
     let mut d = d.lock().unwrap_or_else(PoisonError::into_inner);
-    d.handle(peer, local, t, bytes, now, wall)
+    d.handle_parsed(call, peer, local, t, now, wall)
 }
 
 async fn udp_loop(s: Arc<UdpSocket>, d: SharedDispatcher, mut stop: watch::Receiver<bool>) {

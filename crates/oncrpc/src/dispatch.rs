@@ -154,8 +154,23 @@ impl Dispatcher {
         now: Instant,
         wall_secs: u64,
     ) -> Option<Vec<u8>> {
+        self.handle_parsed(msg::parse_call(bytes), peer, local, transport, now, wall_secs)
+    }
+
+    /// [`Dispatcher::handle`] of a message already parsed: the I/O shell
+    /// parses (which needs no state) before it takes the dispatcher's lock,
+    /// so that the lock is held for less.
+    pub fn handle_parsed(
+        &mut self,
+        call: Result<msg::Call<'_>, BadCall>,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        transport: Transport,
+        now: Instant,
+        wall_secs: u64,
+    ) -> Option<Vec<u8>> {
         self.stats.calls += 1;
-        let call = match msg::parse_call(bytes) {
+        let call = match call {
             Ok(c) => c,
             Err(BadCall::Drop) => {
                 self.stats.dropped += 1;
