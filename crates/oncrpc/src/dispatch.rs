@@ -154,7 +154,14 @@ impl Dispatcher {
         now: Instant,
         wall_secs: u64,
     ) -> Option<Vec<u8>> {
-        self.handle_parsed(msg::parse_call(bytes), peer, local, transport, now, wall_secs)
+        self.handle_parsed(
+            msg::parse_call(bytes),
+            peer,
+            local,
+            transport,
+            now,
+            wall_secs,
+        )
     }
 
     /// [`Dispatcher::handle`] of a message already parsed: the I/O shell

@@ -1295,10 +1295,22 @@ impl World {
                 args,
             } => {
                 if std::env::var_os("SIM_DUMP").is_some() {
-                    let what = match nlm::decode::<nlm::LockArgs>(&args, vers) {
-                        Ok(a) if proc_ == nlm::LOCK => format!(
+                    let what = match (
+                        nlm::decode::<nlm::LockArgs>(&args, vers),
+                        nlm::decode::<nlm::UnlockArgs>(&args, vers),
+                        nlm::decode::<nlm::CancArgs>(&args, vers),
+                    ) {
+                        (Ok(a), _, _) if proc_ == nlm::LOCK => format!(
                             "LOCK reclaim={} block={} svid {} [{}, +{})",
                             a.reclaim, a.block, a.lock.svid, a.lock.offset, a.lock.len
+                        ),
+                        (_, Ok(a), _) if proc_ == nlm::UNLOCK => format!(
+                            "UNLOCK svid {} [{}, +{})",
+                            a.lock.svid, a.lock.offset, a.lock.len
+                        ),
+                        (_, _, Ok(a)) if proc_ == nlm::CANCEL => format!(
+                            "CANCEL svid {} [{}, +{})",
+                            a.lock.svid, a.lock.offset, a.lock.len
                         ),
                         _ => format!("proc {proc_}"),
                     };

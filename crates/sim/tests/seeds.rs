@@ -424,6 +424,18 @@ fn regression_notice_before_monitoring_is_delivered_late() {
     }
 }
 
+/// Sweep from 170000: reclaims sent to a server start that was already
+/// dead were copied by the network and reached the next start in its
+/// grace, after the owner's connection had closed. Their undo, due 15 s
+/// after that start's reboot notice, found an UNLOCK of the same closed
+/// connection still in flight and was dropped, so the lock stayed for
+/// good (liveness). Fixed: a lingering undo that cannot go yet waits for
+/// another round.
+#[test]
+fn regression_busy_lingering_undo_waits_instead_of_dropping() {
+    check_as_found(0x2ab5f);
+}
+
 /// Three more seeds that failed in that sweep on the code before the fixes
 /// above (0x1c860: a shared lock believed held while the server gave the
 /// byte to an exclusive owner; 0x1ca59: in grace the server held more
