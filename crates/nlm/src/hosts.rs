@@ -6,7 +6,8 @@
 
 use latch_lock::HostId;
 use latch_nsm::fs::{Fs, RealFs};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -63,7 +64,9 @@ pub struct Hosts {
     /// By name key, then address (a name rarely comes from more than one):
     /// looked up by a borrowed name, with no allocation per call.
     by_key: HashMap<Vec<u8>, Vec<(IpAddr, HostId)>, latch_hash::KeyedState>,
-    by_id: BTreeMap<HostId, Host>,
+    /// Looked up several times per call: hashed, not a tree. Iterated in id
+    /// order (see [`Hosts::iter`]).
+    by_id: HashMap<HostId, Host, BuildHasherDefault<latch_hash::IdHasher>>,
     next_id: u64,
 }
 
@@ -142,12 +145,13 @@ impl Hosts {
     /// Every host with this name, from any address (a reboot notification
     /// names the host, not the address).
     pub fn named(&self, name: &[u8]) -> Vec<HostId> {
-        let k = name_key(name);
-        self.by_id
-            .values()
-            .filter(|h| name_key(&h.name) == k)
-            .map(|h| h.id)
-            .collect()
+        let mut ids: Vec<HostId> = self
+            .by_key
+            .get(&*name_key_ref(name))
+            .map(|v| v.iter().map(|&(_, id)| id).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids
     }
 
     pub fn remove(&mut self, id: HostId) -> Option<Host> {
@@ -162,8 +166,12 @@ impl Hosts {
         Some(h)
     }
 
+    /// In id order (the order hosts were first seen), so that nothing
+    /// depends on hash order.
     pub fn iter(&self) -> impl Iterator<Item = &Host> {
-        self.by_id.values()
+        let mut all: Vec<&Host> = self.by_id.values().collect();
+        all.sort_unstable_by_key(|h| h.id);
+        all.into_iter()
     }
 }
 
