@@ -155,6 +155,7 @@ async fn run(cfg: Config) -> Result<()> {
         let state = nsm_service::lock(&n.core).state();
         nlm_service::lock(&nlm_core).client.set_nsm_state(state);
         nlm_service::lock(&nlm_core).set_boot(state);
+        nlm_service::lock(&nlm_core).set_own_state(state);
         let to_tell: Vec<Vec<u8>> = nsm_service::lock(&n.core)
             .to_notify()
             .map(<[u8]>::to_vec)

@@ -242,6 +242,12 @@ pub struct ClientCore {
     /// when that start ended, so what it grants is reclaimed from the new
     /// one (seed 0x1c448).
     crossed: std::collections::BTreeSet<u64>,
+    /// Reclaims (by token) still unanswered when their server's next start
+    /// announced itself: told lost, and undone whatever their answer.
+    abandoned: std::collections::BTreeSet<u64>,
+    /// The NSM state each server's last reboot notice gave (by name key,
+    /// at most `max_entries`), written into the cookies of our reclaims.
+    server_states: BTreeMap<Vec<u8>, u32>,
     /// Waits on a server whose reboot notice came, until the new start
     /// answers one of their resends `blocked`: a GRANTED for them may be
     /// the old start's, late in the network (seed 0x22d57), so it is
@@ -344,8 +350,36 @@ fn cookie_of(boot: u32, token: u64) -> [u8; 12] {
     c
 }
 
+/// Marks a reclaim's cookie that names the server start it is meant for.
+pub const RECLAIM_MARK: [u8; 4] = *b"LRCL";
+
+/// The cookie of reclaim `token` meant for the server start whose reboot
+/// notice gave `server_state`: [`cookie_of`], [`RECLAIM_MARK`], the state.
+/// A Latch server refuses one meant for another of its starts (a copy late
+/// in the network, seed 0x2b714); any other server echoes it.
+fn reclaim_cookie_of(boot: u32, token: u64, server_state: u32) -> [u8; 20] {
+    let mut c = [0; 20];
+    c[..12].copy_from_slice(&cookie_of(boot, token));
+    c[12..16].copy_from_slice(&RECLAIM_MARK);
+    c[16..].copy_from_slice(&server_state.to_be_bytes());
+    c
+}
+
+/// The server start a reclaim cookie in our form is meant for.
+pub fn reclaim_target(cookie: &[u8]) -> Option<u32> {
+    let c = <[u8; 20]>::try_from(cookie).ok()?;
+    if c[12..16] != RECLAIM_MARK {
+        return None;
+    }
+    Some(u32::from_be_bytes(c[16..].try_into().ok()?))
+}
+
 /// The token in a cookie of ours from this start.
 fn token_of(boot: u32, cookie: &[u8]) -> Option<u64> {
+    let cookie = match cookie.len() {
+        20 if reclaim_target(cookie).is_some() => &cookie[..12],
+        _ => cookie,
+    };
     let c = <[u8; 12]>::try_from(cookie).ok()?;
     let (b, t) = c.split_at(4);
     if b != boot.to_be_bytes() {
@@ -442,7 +476,16 @@ impl ClientCore {
     }
 
     fn encode_sync(&self, f: &InFlight, token: u64) -> (u32, Vec<u8>) {
-        let cookie = Netobj::from_slice(&cookie_of(self.boot, token)).unwrap_or_default();
+        let reclaim = matches!(f.op, Op::Reclaim | Op::Share { reclaim: true, .. });
+        let target = self
+            .server_states
+            .get(&crate::hosts::name_key(&f.lock.server_name))
+            .filter(|_| reclaim);
+        let cookie = match target {
+            Some(&s) => Netobj::from_slice(&reclaim_cookie_of(self.boot, token, s)),
+            None => Netobj::from_slice(&cookie_of(self.boot, token)),
+        }
+        .unwrap_or_default();
         let lock = self.nlm_lock(f.conn, &f.lock);
         let excl = f.lock.exclusive;
         match f.op {
@@ -863,9 +906,9 @@ impl ClientCore {
         // Held, or being reclaimed: the owner's either way.
         let reclaiming = self
             .in_flight
-            .values()
-            .filter(|f| f.op == Op::Reclaim)
-            .map(|f| (f.conn, &f.lock));
+            .iter()
+            .filter(|(t, f)| f.op == Op::Reclaim && !self.abandoned.contains(t))
+            .map(|(_, f)| (f.conn, &f.lock));
         let mut mine: Vec<(u64, u64)> = self
             .held
             .iter()
@@ -1065,6 +1108,10 @@ impl ClientCore {
             return;
         }
         self.awaiting_res.remove(&token);
+        if self.abandoned.remove(&token) {
+            // Told lost already: whatever the answer, nothing of it stays.
+            return self.undo_abandoned(&f);
+        }
         let crossed = self.crossed.remove(&token);
         if result.is_err() {
             self.granted_early.remove(&token);
@@ -1544,9 +1591,14 @@ impl ClientCore {
     /// The server named `name` rebooted (its SM_NOTIFY reached our status
     /// monitor): reclaim every lock held there, and ask again for what we
     /// wait for.
-    pub fn server_rebooted(&mut self, name: &[u8]) {
+    pub fn server_rebooted(&mut self, name: &[u8], state: u32) {
         let key = crate::hosts::name_key(name);
+        if self.server_states.len() < self.cfg.max_entries || self.server_states.contains_key(&key)
+        {
+            self.server_states.insert(key.clone(), state);
+        }
         let matches = |l: &RemoteLock| crate::hosts::name_key(&l.server_name) == key;
+        self.abandon_reclaims(&matches);
         self.reclaim_held(|_, l| matches(l));
         for (&k, e) in self.waiting.iter_mut() {
             if matches(&e.lock) {
@@ -1558,7 +1610,7 @@ impl ClientCore {
         self.cleanup_later.retain(|f| !matches(&f.lock));
         for (&token, f) in &self.in_flight {
             let takes = matches!(f.op, Op::Lock { .. } | Op::Reclaim | Op::Share { .. });
-            if takes && matches(&f.lock) {
+            if takes && matches(&f.lock) && !self.abandoned.contains(&token) {
                 self.crossed.insert(token);
             }
         }
@@ -1570,6 +1622,87 @@ impl ClientCore {
             self.linger_later(&undo);
         }
         self.reclaim_shares(|_, l| matches(l));
+    }
+
+    /// Reclaims of the server's previous start that it never answered are
+    /// lost, not reclaimed from the new one: that start may have ended its
+    /// grace without them and given the range to someone else (seed
+    /// 0x2b714: retried through a partition longer than the grace, a
+    /// reclaim reached the next start and was granted there).
+    fn abandon_reclaims(&mut self, matches: &impl Fn(&RemoteLock) -> bool) {
+        let (gone, later): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.reclaim_later)
+            .into_iter()
+            .partition(|e| matches(&e.lock));
+        self.reclaim_later = later;
+        let (gone_sh, later_sh): (Vec<InFlight>, Vec<InFlight>) =
+            std::mem::take(&mut self.share_later)
+                .into_iter()
+                .partition(|f| matches(&f.lock));
+        self.share_later = later_sh;
+        let flying: Vec<(u64, ConnId, RemoteLock, bool)> = self
+            .in_flight
+            .iter()
+            .filter(|(t, f)| {
+                matches(&f.lock)
+                    && !self.abandoned.contains(t)
+                    && matches!(f.op, Op::Reclaim | Op::Share { reclaim: true, .. })
+            })
+            .map(|(&t, f)| (t, f.conn, f.lock.clone(), f.op == Op::Reclaim))
+            .collect();
+        let mut lost: Vec<(ConnId, RemoteLock, bool)> = gone
+            .into_iter()
+            .map(|e| (e.conn, e.lock, true))
+            .chain(gone_sh.into_iter().map(|f| (f.conn, f.lock, false)))
+            .collect();
+        for (token, conn, lock, is_lock) in flying {
+            self.abandoned.insert(token);
+            lost.push((conn, lock, is_lock));
+        }
+        for (conn, lock, is_lock) in lost {
+            let (offset, len) = if is_lock {
+                (lock.offset, lock.len)
+            } else {
+                (0, 0)
+            };
+            let ev = LocalEvent::Lost {
+                server: lock.server,
+                fh: lock.fh.clone(),
+                offset,
+                len,
+            };
+            self.tell(conn, ev);
+        }
+    }
+
+    /// The answer to an abandoned reclaim came: undo what it may have taken
+    /// (a copy arriving later is undone by the reclaims' linger).
+    fn undo_abandoned(&mut self, f: &InFlight) {
+        match f.op {
+            Op::Reclaim => {
+                for l in self.not_held(f.conn, &f.lock) {
+                    self.send(InFlight {
+                        conn: f.conn,
+                        req: None,
+                        op: Op::Unlock,
+                        lock: l,
+                        vers: 4,
+                    });
+                }
+            }
+            _ => {
+                let held = self
+                    .shares
+                    .iter()
+                    .any(|(c, l, ..)| *c == f.conn && same_file(l, &f.lock));
+                if !held {
+                    self.send(InFlight {
+                        req: None,
+                        op: Op::Unshare,
+                        ..f.clone()
+                    });
+                }
+            }
+        }
     }
 
     /// Sends a reclaim for every held lock `pick(conn, lock)` selects; each
@@ -1685,6 +1818,8 @@ impl ClientCore {
         for f in std::mem::take(&mut self.cleanup_later) {
             self.send(f);
         }
+        let flying = &self.in_flight;
+        self.abandoned.retain(|t| flying.contains_key(t));
         let waiting = &self.waiting;
         self.unconfirmed.retain(|k| waiting.contains_key(k));
         self.maybe_granted.retain(|k| waiting.contains_key(k));

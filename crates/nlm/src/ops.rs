@@ -149,6 +149,9 @@ impl NlmServer {
             self.stats.stale_requests += 1;
             return Stat::Denied;
         }
+        if a.reclaim && self.meant_for_another_start(&a.cookie) {
+            return Stat::DeniedGracePeriod;
+        }
         self.grace.note_request(&a.lock.caller_name, a.reclaim, now);
         let owner = Owner::new(host, a.lock.svid, a.lock.oh.as_bytes());
         let file = FileKey::new(a.lock.fh.as_bytes());
@@ -266,6 +269,21 @@ impl NlmServer {
             self.release_host_keeping(host, &keep, now);
         }
         false
+    }
+
+    /// A Latch client's reclaim names the start of ours whose reboot notice
+    /// it answers ([`crate::client::reclaim_target`]); one meant for
+    /// another start is a copy late in the network (seed 0x2b714: meant
+    /// for the previous start, whose grace had ended without it). It gets
+    /// `denied_grace_period`: if it is not stale after all, our notice is
+    /// on its way to the client, which then reclaims anew.
+    fn meant_for_another_start(&mut self, cookie: &Netobj) -> bool {
+        let target = crate::client::reclaim_target(cookie.as_bytes());
+        let stale = self.own_state != 0 && target.is_some_and(|t| t != self.own_state);
+        if stale {
+            self.stats.stale_requests += 1;
+        }
+        stale
     }
 
     /// Whether `host`'s name is on the durable list of hosts holding state.
@@ -421,6 +439,9 @@ impl NlmServer {
                 return Stat::Denied;
             }
         }
+        if a.reclaim && self.meant_for_another_start(&a.cookie) {
+            return Stat::DeniedGracePeriod;
+        }
         self.grace.note_request(&s.caller_name, a.reclaim, now);
         if !self.name_saved(host) && !self.save_name(host) {
             return Stat::DeniedNolocks;
@@ -511,7 +532,7 @@ impl NlmServer {
         // is about a host we held nothing on when it came (we watched it
         // only later), so nothing of ours there predates it.
         if !late {
-            self.client.server_rebooted(name);
+            self.client.server_rebooted(name, s.state);
         }
         Outcome::Reply
     }

@@ -142,6 +142,10 @@ pub struct NlmServer {
     /// Differs from one start to the next (our NSM state): part of every
     /// GRANTED cookie.
     pub(crate) boot: u32,
+    /// Our NSM state when our own status monitor keeps it (0: unknown, as
+    /// with rpc.statd): a Latch client's reclaim meant for another start
+    /// of ours is refused.
+    pub(crate) own_state: u32,
     pub(crate) grace: Grace,
     pub(crate) store: Box<dyn HostStore>,
     /// Names of hosts holding state, as last saved.
@@ -182,6 +186,7 @@ impl NlmServer {
             hosts: Hosts::default(),
             grants: Grants::default(),
             boot: 0,
+            own_state: 0,
             grace,
             store,
             saved: before,
@@ -201,6 +206,11 @@ impl NlmServer {
     pub fn set_boot(&mut self, boot: u32) {
         self.boot = boot;
         self.client.set_boot(boot);
+    }
+
+    /// Our NSM state as our own status monitor announces it in SM_NOTIFY.
+    pub fn set_own_state(&mut self, state: u32) {
+        self.own_state = state;
     }
 
     /// Installs the stale-handle check.

@@ -714,6 +714,48 @@ fn a_late_notice_frees_only_what_an_older_start_asked() {
     assert_eq!(share_v4(&mut r, C, &writer(b"plain")), Stat::Granted);
 }
 
+/// A Latch client's reclaim names the start of ours it answers; a copy of
+/// one meant for another start, late in the network, is refused (seed
+/// 0x2b714). Other cookies are opaque.
+#[test]
+fn a_reclaim_meant_for_another_start_of_ours_is_refused() {
+    let mut r = Rig::default();
+    r.srv.lock().unwrap().set_own_state(5);
+    let reclaim = |file: &[u8], cookie: &[u8]| {
+        let mut a = la(&lk("a", 1, file, 0, 0), true, false);
+        a.reclaim = true;
+        a.cookie = Netobj::from_slice(cookie).unwrap();
+        a
+    };
+    let ours = |state: u32| {
+        let mut c = vec![0u8; 12];
+        c.extend_from_slice(b"LRCL");
+        c.extend_from_slice(&state.to_be_bytes());
+        c
+    };
+    assert_eq!(
+        r.lock(A, 4, &reclaim(b"f", &ours(3))),
+        Stat::DeniedGracePeriod
+    );
+    assert_eq!(r.srv.lock().unwrap().stats.stale_requests, 1);
+    assert_eq!(
+        r.test(C, 4, &lk("c", 1, b"f", 0, 0), true).stat,
+        Stat::Granted,
+        "nothing taken"
+    );
+    assert_eq!(r.lock(A, 4, &reclaim(b"g", &ours(5))), Stat::Granted);
+    let mut other = ours(3);
+    other[12] = b'X';
+    assert_eq!(r.lock(A, 4, &reclaim(b"h", &other)), Stat::Granted);
+    // Shares alike.
+    let mut sh = share_args("a", b"s", b"o", 1, 0);
+    sh.reclaim = true;
+    sh.cookie = Netobj::from_slice(&ours(7)).unwrap();
+    assert_eq!(share_v4(&mut r, A, &sh), Stat::DeniedGracePeriod);
+    sh.cookie = Netobj::from_slice(&ours(5)).unwrap();
+    assert_eq!(share_v4(&mut r, A, &sh), Stat::Granted);
+}
+
 #[test]
 fn the_monitor_is_asked_once_per_host_and_never_for_nm_lock() {
     let mut r = Rig::default();

@@ -659,6 +659,7 @@ impl World {
         let nlm = Arc::new(Mutex::new(server));
         lk(&nlm).client.set_nsm_state(state);
         lk(&nlm).set_boot(state);
+        lk(&nlm).set_own_state(state);
         let to_tell: Vec<Vec<u8>> = nsm.to_notify().map(<[u8]>::to_vec).collect();
         lk(&nlm)
             .client

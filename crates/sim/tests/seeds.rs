@@ -436,6 +436,18 @@ fn regression_busy_lingering_undo_waits_instead_of_dropping() {
     check_as_found(0x2ab5f);
 }
 
+/// Sweep from 175000: a partition lasted through the server start's whole
+/// grace, so the client's reclaims never reached it; retried until the
+/// next start, one was granted there, for a lock nobody held in the start
+/// before (checker 5). Fixed: reclaims that start never answered are
+/// told lost at the next start's notice, not carried over, and a Latch
+/// reclaim names the server start it is meant for, which refuses a copy
+/// meant for another.
+#[test]
+fn regression_reclaim_for_a_dead_start_is_not_granted_by_the_next() {
+    check_as_found(0x2b714);
+}
+
 /// Three more seeds that failed in that sweep on the code before the fixes
 /// above (0x1c860: a shared lock believed held while the server gave the
 /// byte to an exclusive owner; 0x1ca59: in grace the server held more
