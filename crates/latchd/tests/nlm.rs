@@ -784,6 +784,13 @@ fn with_latchs_own_nsm_a_clients_sm_notify_frees_its_locks() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(monitored, "{}", w.log());
+    client_reboots(&w);
+    assert!(freed(&mut c, b"f"), "locks not freed: {}", w.log());
+}
+
+/// The client "reboots": its rpc.statd records the server, then sm-notify
+/// tells the server. The client's new NSM state.
+fn client_reboots(w: &World) -> u32 {
     let cdir = w.dir.path().join("client-sm");
     client_monitors(&w.client, &w._rpcbind, &cdir, SERVER_IP);
     let out = sm_notify(&w.client, &w._rpcbind, &cdir, CLIENT_IP, &[]);
@@ -792,15 +799,19 @@ fn with_latchs_own_nsm_a_clients_sm_notify_frees_its_locks() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut freed = false;
+    let raw = std::fs::read(cdir.join("state")).unwrap();
+    u32::from_ne_bytes(raw[..4].try_into().unwrap())
+}
+
+/// Whether `file` comes free for another owner within ten seconds.
+fn freed(c: &mut Client, file: &[u8]) -> bool {
     for _ in 0..100 {
-        if c.test(4, &lk("other", 2, b"f", 0, 0), true).stat == Stat::Granted {
-            freed = true;
-            break;
+        if c.test(4, &lk("other", 2, file, 0, 0), true).stat == Stat::Granted {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(freed, "locks not freed: {}", w.log());
+    false
 }
 
 /// Latch's own NSM keeps a reboot notice about a client nobody watches
@@ -813,30 +824,17 @@ fn with_latchs_own_nsm_a_notice_before_the_watch_is_delivered_late() {
     let w = World::new("");
     w.client
         .hosts(&[(CLIENT_IP, "client"), (SERVER_IP, "server")]);
-    let cdir = w.dir.path().join("client-sm");
-    client_monitors(&w.client, &w._rpcbind, &cdir, SERVER_IP);
-    let out = sm_notify(&w.client, &w._rpcbind, &cdir, CLIENT_IP, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let raw = std::fs::read(cdir.join("state")).unwrap();
-    let state = u32::from_ne_bytes(raw[..4].try_into().unwrap());
+    let state = client_reboots(&w);
     assert!(state >= 3, "client state {state}");
     let mut c = w.udp();
     let mut old = la(&lk(CLIENT_IP, 1, b"f", 0, 0), true, false);
     old.state = state - 2;
     assert_eq!(c.lock(4, &old), Stat::Granted, "{}", w.log());
-    let mut freed = false;
-    for _ in 0..100 {
-        if c.test(4, &lk("other", 2, b"f", 0, 0), true).stat == Stat::Granted {
-            freed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(freed, "the late notice freed nothing: {}", w.log());
+    assert!(
+        freed(&mut c, b"f"),
+        "the late notice freed nothing: {}",
+        w.log()
+    );
     let mut copy = la(&lk(CLIENT_IP, 3, b"g", 0, 0), true, false);
     copy.state = state - 2;
     assert_eq!(
