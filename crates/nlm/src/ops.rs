@@ -149,7 +149,7 @@ impl NlmServer {
             self.stats.stale_requests += 1;
             return Stat::Denied;
         }
-        if a.reclaim && self.meant_for_another_start(&a.cookie) {
+        if a.reclaim && self.meant_for_an_earlier_start(&a.cookie) {
             return Stat::DeniedGracePeriod;
         }
         self.grace.note_request(&a.lock.caller_name, a.reclaim, now);
@@ -272,14 +272,16 @@ impl NlmServer {
     }
 
     /// A Latch client's reclaim names the start of ours whose reboot notice
-    /// it answers ([`crate::client::reclaim_target`]); one meant for
-    /// another start is a copy late in the network (seed 0x2b714: meant
+    /// it answers ([`crate::client::reclaim_target`]); one meant for an
+    /// earlier start is a copy late in the network (seed 0x2b714: meant
     /// for the previous start, whose grace had ended without it). It gets
     /// `denied_grace_period`: if it is not stale after all, our notice is
     /// on its way to the client, which then reclaims anew.
-    fn meant_for_another_start(&mut self, cookie: &Netobj) -> bool {
+    fn meant_for_an_earlier_start(&mut self, cookie: &Netobj) -> bool {
         let target = crate::client::reclaim_target(cookie.as_bytes());
-        let stale = self.own_state != 0 && target.is_some_and(|t| t != self.own_state);
+        // Older only: our status monitor may have announced a newer state
+        // than this start knows (SM_SIMU_CRASH).
+        let stale = target.is_some_and(|t| t < self.own_state);
         if stale {
             self.stats.stale_requests += 1;
         }
@@ -439,7 +441,7 @@ impl NlmServer {
                 return Stat::Denied;
             }
         }
-        if a.reclaim && self.meant_for_another_start(&a.cookie) {
+        if a.reclaim && self.meant_for_an_earlier_start(&a.cookie) {
             return Stat::DeniedGracePeriod;
         }
         self.grace.note_request(&s.caller_name, a.reclaim, now);

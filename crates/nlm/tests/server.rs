@@ -718,7 +718,7 @@ fn a_late_notice_frees_only_what_an_older_start_asked() {
 /// one meant for another start, late in the network, is refused (seed
 /// 0x2b714). Other cookies are opaque.
 #[test]
-fn a_reclaim_meant_for_another_start_of_ours_is_refused() {
+fn a_reclaim_meant_for_an_earlier_start_of_ours_is_refused() {
     let mut r = Rig::default();
     r.srv.lock().unwrap().set_own_state(5);
     let reclaim = |file: &[u8], cookie: &[u8]| {
@@ -744,13 +744,15 @@ fn a_reclaim_meant_for_another_start_of_ours_is_refused() {
         "nothing taken"
     );
     assert_eq!(r.lock(A, 4, &reclaim(b"g", &ours(5))), Stat::Granted);
+    // A newer start than this one knows (our monitor's SM_SIMU_CRASH).
+    assert_eq!(r.lock(A, 4, &reclaim(b"n", &ours(9))), Stat::Granted);
     let mut other = ours(3);
     other[12] = b'X';
     assert_eq!(r.lock(A, 4, &reclaim(b"h", &other)), Stat::Granted);
     // Shares alike.
     let mut sh = share_args("a", b"s", b"o", 1, 0);
     sh.reclaim = true;
-    sh.cookie = Netobj::from_slice(&ours(7)).unwrap();
+    sh.cookie = Netobj::from_slice(&ours(1)).unwrap();
     assert_eq!(share_v4(&mut r, A, &sh), Stat::DeniedGracePeriod);
     sh.cookie = Netobj::from_slice(&ours(5)).unwrap();
     assert_eq!(share_v4(&mut r, A, &sh), Stat::Granted);
