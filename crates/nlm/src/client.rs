@@ -1169,6 +1169,16 @@ impl ClientCore {
         self.lock_reply(f, r.stat, early, now_ms);
     }
 
+    /// Whether the request `f` was sent for holds its lock already (its
+    /// GRANTED callback ended the wait `f` resends).
+    fn held_by_request(&self, f: &InFlight) -> bool {
+        f.req.is_some_and(|r| {
+            self.held
+                .iter()
+                .any(|e| e.conn == f.conn && e.req == r && same_range(&e.lock, &f.lock))
+        })
+    }
+
     /// `f` was in flight when its server's reboot notice came, and its
     /// answer (`granted`, or `blocked`) may be the old start's: what we now
     /// hold by it is reclaimed from the new start, and a wait is asked for
@@ -1261,6 +1271,10 @@ impl ClientCore {
             (Op::Lock { .. } | Op::Reclaim, Stat::Granted) => self.grant_now(f, now_ms),
             // Its GRANTED came first: it holds the lock already.
             (Op::Lock { .. }, Stat::Blocked) if early => self.grant_now(f, now_ms),
+            // A resend of a wait whose GRANTED (for the first LOCK's
+            // cookie) came meanwhile: moot. Taken as a new wait, the
+            // program's CANCEL of it undid the grant (seed 0x291a5).
+            (Op::Lock { .. }, Stat::Blocked) if self.held_by_request(&f) => {}
             (Op::Lock { .. }, Stat::Blocked) => {
                 if let Some(req) = f.req {
                     // A resent LOCK still blocked changes nothing.
@@ -1393,12 +1407,7 @@ impl ClientCore {
             // A resend of a wait its GRANTED callback has ended: moot (seed
             // 0x1dc13: its CANCEL undid the grant at the server, whose
             // GRANTED had not been acknowledged yet).
-            Op::Lock { .. }
-                if f.req.is_some_and(|r| {
-                    self.held
-                        .iter()
-                        .any(|e| e.conn == f.conn && e.req == r && same_range(&e.lock, &f.lock))
-                }) => {}
+            Op::Lock { .. } if self.held_by_request(&f) => {}
             Op::Lock { block } => {
                 let undo = InFlight {
                     op: Op::Unlock,

@@ -448,6 +448,18 @@ fn regression_reclaim_for_a_dead_start_is_not_granted_by_the_next() {
     check_as_found(0x2b714);
 }
 
+/// Sweep from 160000, run again on this session's code (safety): a resent
+/// blocked LOCK was answered `blocked` after the GRANTED for the first
+/// LOCK had ended the wait. The answer made the wait anew, and the
+/// program's CANCEL of it undid the grant at the server (whose GRANTED
+/// acknowledgement was lost), so another owner got the byte the program
+/// believed it held. Fixed: such an answer is moot, as a resend timed out
+/// after the GRANTED already was (0x1dc13).
+#[test]
+fn regression_blocked_answer_after_the_granted_is_moot() {
+    check_as_found(0x291a5);
+}
+
 /// Three more seeds that failed in that sweep on the code before the fixes
 /// above (0x1c860: a shared lock believed held while the server gave the
 /// byte to an exclusive owner; 0x1ca59: in grace the server held more
