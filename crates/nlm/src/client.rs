@@ -355,7 +355,7 @@ pub const RECLAIM_MARK: [u8; 4] = *b"LRCL";
 
 /// The cookie of reclaim `token` meant for the server start whose reboot
 /// notice gave `server_state`: [`cookie_of`], [`RECLAIM_MARK`], the state.
-/// A Latch server refuses one meant for another of its starts (a copy late
+/// A Latch server refuses one meant for an earlier start of its own (a copy late
 /// in the network, seed 0x2b714); any other server echoes it.
 fn reclaim_cookie_of(boot: u32, token: u64, server_state: u32) -> [u8; 20] {
     let mut c = [0; 20];
