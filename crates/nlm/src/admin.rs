@@ -261,7 +261,8 @@ impl NlmServer {
     pub fn list_hosts(&self, now: Instant) -> Vec<HostEntry> {
         let now = self.ms(now);
         self.hosts
-            .iter()
+            .sorted()
+            .into_iter()
             .map(|h| HostEntry {
                 name: h.name.clone(),
                 ip: h.ip,

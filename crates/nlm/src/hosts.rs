@@ -166,12 +166,16 @@ impl Hosts {
         Some(h)
     }
 
-    /// In id order (the order hosts were first seen), so that nothing
-    /// depends on hash order.
+    /// In no particular order: for what does not depend on it.
     pub fn iter(&self) -> impl Iterator<Item = &Host> {
+        self.by_id.values()
+    }
+
+    /// In id order (the order hosts were first seen), for listings.
+    pub fn sorted(&self) -> Vec<&Host> {
         let mut all: Vec<&Host> = self.by_id.values().collect();
         all.sort_unstable_by_key(|h| h.id);
-        all.into_iter()
+        all
     }
 }
 

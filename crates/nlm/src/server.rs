@@ -293,7 +293,7 @@ impl NlmServer {
 
     /// Hosts idle and without state: unmonitored and forgotten.
     fn forget_idle_hosts(&mut self, now_ms: u64) {
-        let idle: Vec<_> = self
+        let mut idle: Vec<_> = self
             .hosts
             .iter()
             .filter(|h| {
@@ -303,6 +303,9 @@ impl NlmServer {
             })
             .map(|h| h.id)
             .collect();
+        // Actions go out in id order, whatever the hash order (every tick
+        // comes here: only the idle few are sorted).
+        idle.sort_unstable();
         for id in idle {
             if let Some(h) = self.hosts.remove(id) {
                 if h.monitored && self.hosts.named(&h.name).is_empty() {
