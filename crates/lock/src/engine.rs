@@ -545,7 +545,9 @@ impl Engine {
         if let Some(o) = self.owners.get_mut(oid) {
             o.segs = o.segs.saturating_add_signed(delta);
         }
-        if let Some(span) = plan.weakened {
+        // With nobody queued on the file there is no one to wake (and no
+        // work list to build).
+        if let Some(span) = plan.weakened.filter(|_| !self.file(fid).waiters.is_empty()) {
             self.wake(fid, vec![span], events);
         }
     }
