@@ -199,6 +199,56 @@ fn held(c: &mut Criterion) {
     g.finish();
 }
 
+/// TEST at 1k and at 1M locks timed in alternating slices of the same
+/// run, as `latch bench` does for NULL against LOCK+UNLOCK: memory latency
+/// on a shared host drifts by half over minutes, and criterion's groups run
+/// one size after the other, so their ratio mixes two machines. Each round
+/// times a slice at each size; the ratio reported is the median of the
+/// rounds' ratios (and each size's median cost). Printed, as criterion has
+/// no place for a ratio.
+fn test_ratio(_c: &mut Criterion) {
+    const ROUNDS: usize = 41;
+    const SLICE: u64 = 20_000;
+    let sizes = [1_000u64, 1_000_000];
+    let built: Vec<(Engine, FileKey, u64)> = sizes
+        .iter()
+        .map(|&n| {
+            let (e, f) = build_ours(n);
+            (e, f, n)
+        })
+        .collect();
+    let me = owner(u64::MAX);
+    let mut per = vec![Vec::with_capacity(ROUNDS); sizes.len()];
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    let mut k = 0u64;
+    for _ in 0..ROUNDS {
+        let mut ns = Vec::with_capacity(sizes.len());
+        for (e, f, n) in &built {
+            let t = Instant::now();
+            for _ in 0..SLICE {
+                k = (k + 7919) % n;
+                black_box(e.test(f, &me, one(2 * k), Mode::Exclusive));
+            }
+            ns.push(t.elapsed().as_nanos() as f64 / SLICE as f64);
+        }
+        for (v, x) in per.iter_mut().zip(&ns) {
+            v.push(*x);
+        }
+        ratios.push(ns[1] / ns[0]);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut per[0]), median(&mut per[1]));
+    let r = median(&mut ratios);
+    let (lo, hi) = (ratios[ROUNDS / 10], ratios[ROUNDS - 1 - ROUNDS / 10]);
+    eprintln!(
+        "test_conflict interleaved, {ROUNDS} rounds: 1k {a:.1} ns, 1M {b:.1} ns; \
+         ratio 1M/1k median {r:.2} (10th..90th percentile {lo:.2}..{hi:.2})"
+    );
+}
+
 fn deadlock(c: &mut Criterion) {
     let mut g = c.benchmark_group("deadlock_check");
     let n = 100_000u64;
@@ -260,6 +310,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    targets = uncontended, held, deadlock
+    targets = uncontended, held, test_ratio, deadlock
 }
 criterion_main!(benches);
