@@ -84,6 +84,9 @@ pub struct Engine {
     /// Leases being broken, by deadline.
     pub(crate) deadlines: BTreeSet<(u64, FileId, OwnerId)>,
     pub(crate) stats: Stats,
+    /// The caller's time, for the held-since stamps (see
+    /// [`Engine::set_clock`]).
+    clock: u64,
 }
 
 impl Engine {
@@ -102,7 +105,32 @@ impl Engine {
             entries: 0,
             deadlines: BTreeSet::new(),
             stats: Stats::default(),
+            clock: 0,
         }
+    }
+
+    /// Tells the engine the caller's time, in the caller's units, for the
+    /// stamps [`Engine::held_since`] reports: a blocked request is granted
+    /// inside calls that take no time (an unlock, a cancel, a release), so
+    /// a caller that wants those stamps exact sets the time first. A lock
+    /// sets it from its own `now`.
+    pub fn set_clock(&mut self, now: u64) {
+        self.clock = now;
+    }
+
+    /// When `owner` last went from holding no byte of `file` to holding
+    /// some (by a lock, or a grant of its blocked request), in the time
+    /// the caller gave then; `None` if it holds none. O(1).
+    pub fn held_since(&self, file: &FileKey, owner: &Owner) -> Option<u64> {
+        let (fid, oid) = (self.file_lookup(file)?, self.owners.lookup(owner)?);
+        let f = self.owners.get(oid)?.files.get(&fid)?;
+        (f.segs > 0).then_some(f.since)
+    }
+
+    /// Counts `delta` held segments of `oid` on `fid`.
+    pub(crate) fn count_segs(&mut self, fid: FileId, oid: OwnerId, delta: isize) {
+        self.entries = self.entries.saturating_add_signed(delta);
+        self.owners.count_segs(oid, fid, delta, self.clock);
     }
 
     pub fn limits(&self) -> &Limits {
@@ -151,6 +179,7 @@ impl Engine {
                 return Err(Error::BadRequestId(id));
             }
         }
+        self.clock = now;
         let fid = self.file_intern(req.file);
         let oid = self.owners.intern(req.owner);
         let mut events = Vec::new();
@@ -394,10 +423,7 @@ impl Engine {
                 let plan = self.file(fid).plan_unlock(oid, Range::ALL);
                 let who = self.owners.who(oid);
                 self.file_mut(fid).apply(oid, who, &plan);
-                self.count(fid, oid, plan.delta());
-                if let Some(o) = self.owners.get_mut(oid) {
-                    o.segs = o.segs.saturating_add_signed(plan.delta());
-                }
+                self.count_segs(fid, oid, plan.delta());
                 let ranges = touched.entry(fid).or_default();
                 ranges.extend(plan.weakened);
                 if !keep.contains(&(fid, oid)) {
@@ -540,11 +566,7 @@ impl Engine {
     ) {
         let who = self.owners.who(oid);
         self.file_mut(fid).apply(oid, who, plan);
-        let delta = plan.delta();
-        self.count(fid, oid, delta);
-        if let Some(o) = self.owners.get_mut(oid) {
-            o.segs = o.segs.saturating_add_signed(delta);
-        }
+        self.count_segs(fid, oid, plan.delta());
         // With nobody queued on the file there is no one to wake (and no
         // work list to build).
         if let Some(span) = plan.weakened.filter(|_| !self.file(fid).waiters.is_empty()) {

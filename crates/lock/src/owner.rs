@@ -13,9 +13,9 @@ pub(crate) struct FileId(pub u32);
 
 pub(crate) struct OwnerEntry {
     pub key: Owner,
-    /// Entries this owner has on each file; a file leaves the map when its
-    /// count drops to zero, and the owner is forgotten when the map empties.
-    pub files: IdMap<FileId, u32>,
+    /// What this owner has on each file; a file leaves the map when its
+    /// entries drop to zero, and the owner is forgotten when the map empties.
+    pub files: IdMap<FileId, OnFile>,
     /// Held lock segments, over all files: an owner with none and no
     /// blocked request can be waited on by no one, which short-cuts the
     /// deadlock search.
@@ -25,6 +25,22 @@ pub(crate) struct OwnerEntry {
     pub waiters: Vec<RequestId>,
     /// In the queue of idle owners (it held nothing at some point since).
     idle: bool,
+}
+
+/// What one owner has on one file.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OnFile {
+    /// Held segments, blocked requests, share and lease.
+    pub entries: u32,
+    /// Held segments alone.
+    pub segs: u32,
+    /// The caller's time (see [`crate::Engine::set_clock`]) when `segs`
+    /// last went up from zero.
+    pub since: u64,
+}
+
+fn add(v: u32, delta: isize) -> u32 {
+    u32::try_from((i64::from(v) + delta as i64).max(0)).unwrap_or(u32::MAX)
 }
 
 impl OwnerEntry {
@@ -195,14 +211,30 @@ impl Owners {
 
     /// Adjusts the entry counts of `id` on `file` and of its host.
     pub fn count(&mut self, id: OwnerId, file: FileId, delta: isize) {
+        self.count_as(id, file, delta, None);
+    }
+
+    /// As [`Owners::count`] for held segments, which also count in the
+    /// owner's `segs` and in the file's; `now` stamps a first one.
+    pub fn count_segs(&mut self, id: OwnerId, file: FileId, delta: isize, now: u64) {
+        self.count_as(id, file, delta, Some(now));
+    }
+
+    fn count_as(&mut self, id: OwnerId, file: FileId, delta: isize, segs: Option<u64>) {
         let Some(e) = self.slab.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return;
         };
         let host = e.key.host;
-        let c = e.files.entry(file).or_insert(0);
-        let v = i64::from(*c) + delta as i64;
-        *c = u32::try_from(v.max(0)).unwrap_or(u32::MAX);
-        if *c == 0 {
+        let c = e.files.entry(file).or_default();
+        c.entries = add(c.entries, delta);
+        if let Some(now) = segs {
+            if c.segs == 0 && delta > 0 {
+                c.since = now;
+            }
+            c.segs = add(c.segs, delta);
+            e.segs = e.segs.saturating_add_signed(delta);
+        }
+        if c.entries == 0 {
             e.files.remove(&file);
         }
         if let Some(h) = self.hosts.get_mut(&host) {

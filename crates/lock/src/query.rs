@@ -14,7 +14,7 @@ impl Engine {
         let Some(o) = self.owners.get(oid) else {
             return 0;
         };
-        let all = o.files.get(&fid).copied().unwrap_or(0) as usize;
+        let all = o.files.get(&fid).map_or(0, |f| f.entries) as usize;
         let waiting = o
             .waiters
             .iter()

@@ -71,11 +71,7 @@ impl Engine {
         let plan = self.file(fid).plan_lock(oid, r, excl);
         let who = self.owners.who(oid);
         self.file_mut(fid).apply(oid, who, &plan);
-        let delta = plan.delta();
-        self.count(fid, oid, delta);
-        if let Some(o) = self.owners.get_mut(oid) {
-            o.segs = o.segs.saturating_add_signed(delta);
-        }
+        self.count_segs(fid, oid, plan.delta());
         events.push(Event::Granted {
             id,
             file: self.file(fid).key.clone(),

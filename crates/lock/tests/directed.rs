@@ -831,3 +831,41 @@ fn release_host_where_frees_only_the_selected_owners() {
     let ev = e.release_host(HostId(1)).events;
     assert_eq!(grant_ids(&ev), vec![w4]);
 }
+
+/// `held_since`: stamped when an owner goes from holding nothing on the
+/// file to holding something, at the lock's `now` or, for a grant made
+/// inside a call that takes no time, at the last `set_clock`; kept while
+/// the hold grows or splits; gone with the last byte.
+#[test]
+fn held_since_counts_from_the_first_hold_or_the_grant() {
+    let mut e = Engine::new(Limits::default());
+    let (f, o1, o2) = (fk(), own(1), own(2));
+    let at = |e: &mut Engine, o: &Owner, r: Range, now: u64| {
+        let req = LockRequest {
+            file: &f,
+            owner: o,
+            range: r,
+            mode: X,
+            block: true,
+            reclaim: false,
+            id: None,
+        };
+        e.lock(&req, now).unwrap().answer
+    };
+    assert_eq!(at(&mut e, &o1, rg(0, 9), 100), LockAnswer::Granted);
+    assert!(matches!(
+        at(&mut e, &o2, rg(0, 4), 150),
+        LockAnswer::Blocked(_)
+    ));
+    assert_eq!(e.held_since(&f, &o2), None, "a waiter holds nothing");
+    assert_eq!(at(&mut e, &o1, rg(10, 19), 200), LockAnswer::Granted);
+    assert!(e.unlock(&f, &o1, rg(12, 13)).unwrap().events.is_empty());
+    assert_eq!(e.held_since(&f, &o1), Some(100));
+    e.set_clock(300);
+    let ev = e.unlock(&f, &o1, Range::ALL).unwrap().events;
+    assert_eq!(grant_ids(&ev).len(), 1);
+    assert_eq!(e.held_since(&f, &o1), None);
+    assert_eq!(e.held_since(&f, &o2), Some(300), "stamped at the grant");
+    assert_eq!(at(&mut e, &o1, rg(50, 50), 400), LockAnswer::Granted);
+    assert_eq!(e.held_since(&f, &o1), Some(400), "a new hold starts over");
+}

@@ -158,7 +158,7 @@ impl NlmServer {
     pub(crate) fn deliver(&mut self, events: Vec<Event>, now: u64) {
         let mut batch = self.take_granted(&events);
         for e in events {
-            self.age_event(&e, now);
+            self.age_event(&e);
             let (id, owner, file) = match e {
                 Event::Granted {
                     id, file, owner, ..
@@ -456,7 +456,7 @@ impl NlmServer {
     /// What became of a synchronous GRANTED: the client's status, or `None`
     /// if it did not answer (retried later).
     pub fn call_result(&mut self, id: RequestId, stat: Option<Stat>, now: std::time::Instant) {
-        let now = self.ms(now);
+        let now = self.clock(now);
         match stat {
             Some(s) => self.granted_answer(id, s, now),
             None => {

@@ -44,7 +44,7 @@ impl NlmServer {
         exclusive: bool,
         now: Instant,
     ) {
-        let now = self.ms(now);
+        let now = self.clock(now);
         let owner = local_owner(conn);
         let file = FileKey::new(fh);
         let range = Range::from_offset_len(offset, len);
@@ -143,7 +143,7 @@ impl NlmServer {
         kind: Option<LeaseKind>,
         now: Instant,
     ) {
-        let now = self.ms(now);
+        let now = self.clock(now);
         let owner = local_owner(conn);
         let file = FileKey::new(fh);
         let outcome = match kind {
@@ -179,7 +179,7 @@ impl NlmServer {
         len: u64,
         now: Instant,
     ) -> usize {
-        let now = self.ms(now);
+        let now = self.clock(now);
         let file = FileKey::new(fh);
         let range = Range::from_offset_len(offset, len);
         let mut n = 0;
@@ -212,7 +212,7 @@ impl NlmServer {
     /// The connection is gone: everything it held or waited for here goes,
     /// and its remote locks are released on their servers.
     pub fn local_disconnect(&mut self, conn: ConnId, now: Instant) {
-        let now = self.ms(now);
+        let now = self.clock(now);
         self.local_blocked.retain(|_, (c, _)| *c != conn);
         let reply = self.engine.release_owner(&local_owner(conn));
         self.deliver(reply.events, now);

@@ -199,7 +199,7 @@ impl NlmServer {
             LockAnswer::Deadlock => Stat::Deadlock,
             LockAnswer::DeniedGrace => Stat::DeniedGracePeriod,
         };
-        self.age_lock(&owner, &file, &reply.answer, now);
+        self.age_lock(&reply.answer, now);
         if stat == Stat::Granted {
             self.note_acquired(&owner, &file, range(&a.lock), mode(a.exclusive));
         }
@@ -359,7 +359,6 @@ impl NlmServer {
         } else if let Some(info) = self.grants.take_unacked(host, &a.lock, a.exclusive) {
             self.release_grant(&info, now);
         }
-        self.age_released(&owner, &file);
         Stat::Granted
     }
 
@@ -386,7 +385,6 @@ impl NlmServer {
             Ok(reply) => {
                 self.refresh_prior(&owner, &file);
                 self.deliver(reply.events, now);
-                self.age_released(&owner, &file);
                 Stat::Granted
             }
             // Splitting a lock needs one more entry than the host may have.
@@ -566,7 +564,7 @@ impl NlmServer {
                 h.held_ms = None;
             }
         }
-        self.age_host_partly_released(host);
+        self.age_host_released();
         self.grants.forget_owners(host, old);
         self.deliver(reply.events, now);
     }
@@ -582,7 +580,7 @@ impl NlmServer {
         if let Some(h) = self.hosts.get_mut(host) {
             h.held_ms = None;
         }
-        self.age_host_released(host);
+        self.age_host_released();
         self.grants.forget_host(host);
         self.deliver(reply.events, now);
     }

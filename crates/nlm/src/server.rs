@@ -245,6 +245,14 @@ impl NlmServer {
         u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// [`NlmServer::ms`], also given to the engine: a grant made during
+    /// this call is stamped with it (the lock listing's ages).
+    pub(crate) fn clock(&mut self, now: Instant) -> u64 {
+        let ms = self.ms(now);
+        self.engine.set_clock(ms);
+        ms
+    }
+
     pub fn take_actions(&mut self) -> Vec<Action> {
         self.actions.drain(..).collect()
     }
@@ -279,7 +287,7 @@ impl NlmServer {
     /// Drives time: callback retries, the grace period, idle hosts, lease
     /// deadlines. Call it every few hundred milliseconds.
     pub fn tick(&mut self, now: Instant) {
-        let now_ms = self.ms(now);
+        let now_ms = self.clock(now);
         self.retry_grants(now_ms);
         if self.grace.tick(now_ms) {
             self.engine.set_grace(false);
@@ -397,7 +405,7 @@ impl Program for NlmServer {
         }
         // Version 2 is version 1 on the wire.
         let vers = if ctx.vers == 2 { 1 } else { ctx.vers };
-        let now = self.ms(ctx.now);
+        let now = self.clock(ctx.now);
         match self.dispatch(ctx, vers, args, res, now) {
             Ok(o) => o,
             Err(_) => Outcome::GarbageArgs,

@@ -1222,3 +1222,64 @@ fn undoing_a_refused_grant_keeps_what_the_owner_got_since() {
         "the older one is undone"
     );
 }
+
+/// The listing's ages: since the owner went from holding nothing on the
+/// file to holding something, by a LOCK or by the grant of its blocked
+/// request (at the grant, not at the LOCK that queued it); growing or
+/// splitting the hold keeps the age, letting go of all of it resets it.
+#[test]
+fn lock_ages_count_from_the_first_hold_or_the_grant() {
+    let mut r = Rig::default();
+    let ages = |r: &Rig| -> Vec<(u32, bool, Option<u64>)> {
+        let mut v: Vec<_> = r
+            .srv
+            .lock()
+            .unwrap()
+            .list_locks(r.t0 + r.now)
+            .iter()
+            .map(|e| {
+                (
+                    e.svid,
+                    e.state == latch_nlm::admin::EntryState::Held,
+                    e.age_ms,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let a = lk("a", 1, b"f", 0, 10);
+    assert_eq!(r.lock(A, 4, &la(&a, true, false)), Stat::Granted);
+    r.advance(1_000);
+    // B queues behind A at 1 s.
+    let b = lk("b", 2, b"f", 0, 5);
+    assert_eq!(r.lock(B, 4, &la(&b, true, true)), Stat::Blocked);
+    r.advance(1_000);
+    // A's hold grows and splits; its age stays.
+    assert_eq!(
+        r.lock(A, 4, &la(&lk("a", 1, b"f", 10, 10), true, false)),
+        Stat::Granted
+    );
+    assert_eq!(r.unlock(A, 4, &lk("a", 1, b"f", 12, 2)), Stat::Granted);
+    r.advance(1_000);
+    assert_eq!(
+        ages(&r),
+        vec![
+            (1, true, Some(3_000)),
+            (1, true, Some(3_000)),
+            (2, false, Some(2_000))
+        ]
+    );
+    // A lets go of everything at 3 s: B is granted then.
+    assert_eq!(r.unlock(A, 4, &lk("a", 1, b"f", 0, 0)), Stat::Granted);
+    r.advance(500);
+    assert_eq!(ages(&r), vec![(2, true, Some(500))]);
+    // A locks again elsewhere in the file: its age starts over.
+    r.advance(500);
+    assert_eq!(
+        r.lock(A, 4, &la(&lk("a", 1, b"f", 100, 1), true, false)),
+        Stat::Granted
+    );
+    r.advance(250);
+    assert_eq!(ages(&r), vec![(1, true, Some(250)), (2, true, Some(1_250))]);
+}
