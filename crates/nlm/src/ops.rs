@@ -150,7 +150,7 @@ impl NlmServer {
             return Stat::Denied;
         }
         if a.reclaim && self.meant_for_an_earlier_start(&a.cookie) {
-            return Stat::DeniedGracePeriod;
+            return Stat::Denied;
         }
         self.grace.note_request(&a.lock.caller_name, a.reclaim, now);
         let owner = Owner::new(host, a.lock.svid, a.lock.oh.as_bytes());
@@ -274,9 +274,12 @@ impl NlmServer {
     /// A Latch client's reclaim names the start of ours whose reboot notice
     /// it answers ([`crate::client::reclaim_target`]); one meant for an
     /// earlier start is a copy late in the network (seed 0x2b714: meant
-    /// for the previous start, whose grace had ended without it). It gets
-    /// `denied_grace_period`: if it is not stale after all, our notice is
-    /// on its way to the client, which then reclaims anew.
+    /// for the previous start, whose grace had ended without it), or comes
+    /// from a client that heard no notice since (seed 0x31626: it held
+    /// nothing in the starts between, so no later start watched it, and
+    /// it would retry for ever). It gets `denied`, for good: the lock it
+    /// names is lost either way, as a Latch client that hears the newer
+    /// notice tells its reclaims meant for an earlier start lost.
     fn meant_for_an_earlier_start(&mut self, cookie: &Netobj) -> bool {
         let target = crate::client::reclaim_target(cookie.as_bytes());
         // Older only: our status monitor may have announced a newer state
@@ -440,7 +443,7 @@ impl NlmServer {
             }
         }
         if a.reclaim && self.meant_for_an_earlier_start(&a.cookie) {
-            return Stat::DeniedGracePeriod;
+            return Stat::Denied;
         }
         self.grace.note_request(&s.caller_name, a.reclaim, now);
         if !self.name_saved(host) && !self.save_name(host) {

@@ -733,10 +733,7 @@ fn a_reclaim_meant_for_an_earlier_start_of_ours_is_refused() {
         c.extend_from_slice(&state.to_be_bytes());
         c
     };
-    assert_eq!(
-        r.lock(A, 4, &reclaim(b"f", &ours(3))),
-        Stat::DeniedGracePeriod
-    );
+    assert_eq!(r.lock(A, 4, &reclaim(b"f", &ours(3))), Stat::Denied);
     assert_eq!(r.srv.lock().unwrap().stats.stale_requests, 1);
     assert_eq!(
         r.test(C, 4, &lk("c", 1, b"f", 0, 0), true).stat,
@@ -753,7 +750,7 @@ fn a_reclaim_meant_for_an_earlier_start_of_ours_is_refused() {
     let mut sh = share_args("a", b"s", b"o", 1, 0);
     sh.reclaim = true;
     sh.cookie = Netobj::from_slice(&ours(1)).unwrap();
-    assert_eq!(share_v4(&mut r, A, &sh), Stat::DeniedGracePeriod);
+    assert_eq!(share_v4(&mut r, A, &sh), Stat::Denied);
     sh.cookie = Netobj::from_slice(&ours(5)).unwrap();
     assert_eq!(share_v4(&mut r, A, &sh), Stat::Granted);
 }
