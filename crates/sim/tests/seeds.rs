@@ -463,8 +463,8 @@ fn regression_blocked_answer_after_the_granted_is_moot() {
 /// 0x31626 (liveness): a client's reclaims, answering our second start's
 /// notice, were refused as meant for an earlier start by the fourth; it
 /// held nothing in the second and third, so no later start watched it or
-/// sent it a notice, and `denied_grace_period` had it retry for ever (its
-/// blocked request behind them never went out again). Fixed: such a
+/// sent it a notice, and `denied_grace_period` had it retry for ever,
+/// while its program's blocked request was never resolved. Fixed: such a
 /// reclaim is answered `denied`, and the client tells the lock lost.
 #[test]
 fn regression_a_reclaim_for_an_earlier_start_is_refused_for_good() {
