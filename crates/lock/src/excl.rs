@@ -130,8 +130,8 @@ impl<V: Copy + Default, const CAP: usize> Chunk<V, CAP> {
 /// A sorted map of u64 keys in chunks, with the chunks' lower fences in a
 /// directory `D`. Invariants: the lowest fence is 0 (every key has a
 /// chunk); a chunk's keys lie at or above its fence and below the next
-/// fence, in order; no chunk is empty unless the map is (then there are no
-/// chunks). A chunk this small after a removal, `CAP / 4`, is merged into a
+/// fence, in order; no chunk is empty unless the map is (then there is
+/// one empty chunk under fence 0, or none). A chunk this small after a removal, `CAP / 4`, is merged into a
 /// neighbour when the two fit in half a chunk together, so chunks hold
 /// `CAP / 8` entries or more on average and a directory has O(n / CAP)
 /// entries.
@@ -157,7 +157,8 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
     fn alloc(&mut self) -> u32 {
         match self.free.pop() {
             Some(id) => {
-                self.chunks[id as usize] = Chunk::new();
+                // Entries past `len` are never read: emptying is enough.
+                self.chunks[id as usize].len = 0;
                 id
             }
             None => {
@@ -248,6 +249,12 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
     /// together; drops it when it is empty.
     fn rebalance(&mut self, fence: u64, id: u32) {
         if self.len == 0 {
+            // A lone chunk stays, empty, under fence 0: the next entry
+            // goes into it with no allocation and no directory change
+            // (a file locked and unlocked over and over, the common case).
+            if fence == 0 && self.dir.succ_above(0).is_none() {
+                return;
+            }
             self.dir.clear();
             self.chunks.clear();
             self.free.clear();
@@ -501,6 +508,7 @@ impl ExclIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn all(x: &ExclIndex) -> Vec<(u64, u64)> {
         let mut v = Vec::new();
@@ -518,10 +526,15 @@ mod tests {
         // Every chunk non-empty, at or above its fence, below the next.
         let mut fence = x.segs.dir.pred(0);
         if model.is_empty() {
-            assert!(fence.is_none());
-        } else {
-            assert_eq!(fence.map(|f| f.0), Some(0));
+            // Nothing, or the one chunk kept empty for the next entry.
+            if let Some((k, id)) = fence {
+                assert_eq!(k, 0);
+                assert_eq!(x.segs.chunk(id).len, 0);
+                assert!(x.segs.dir.succ_above(0).is_none());
+            }
+            return;
         }
+        assert_eq!(fence.map(|f| f.0), Some(0));
         while let Some((k, id)) = fence {
             let c = x.segs.chunk(id);
             assert!(c.len > 0, "empty chunk");
@@ -571,7 +584,7 @@ mod tests {
             model.remove(&(4 * k));
             check(&x, &model);
         }
-        assert!(x.segs.chunks.is_empty() && x.segs.dir.chunks.is_empty());
+        check(&x, &BTreeMap::new());
         for k in 0..200u64 {
             x.insert(2 * k, 2 * k, OwnerId(0), Who::default());
             model.insert(2 * k, 2 * k);
@@ -613,6 +626,33 @@ mod tests {
         for k in 0..n {
             x.remove(3 * k);
         }
-        assert!(x.segs.chunks.is_empty() && x.segs.dir.chunks.is_empty());
+        check(&x, &BTreeMap::new());
+    }
+
+    #[test]
+    fn an_emptied_index_keeps_one_chunk_for_the_next_entry() {
+        let mut x = ExclIndex::default();
+        for round in 0..3u64 {
+            x.insert(10 + round, 20 + round, OwnerId(1), Who::default());
+            assert!(x.remove(10 + round));
+            check(&x, &BTreeMap::new());
+            // Still one chunk at each level, reused: nothing allocated.
+            assert_eq!(x.segs.chunks.len(), 1);
+            assert_eq!(x.segs.dir.chunks.len(), 1);
+            assert_eq!(x.segs.dir.dir.chunks.len(), 1);
+            assert_eq!(x.segs.dir.dir.dir.len(), 1);
+            assert!(x.first_candidate(0, u64::MAX).is_none());
+            assert!(x.other_than(OwnerId(2), 0, u64::MAX).is_none());
+            assert!(x.visit(0, u64::MAX, |_| false));
+        }
+        // Emptied from several chunks, it lets them all go.
+        for k in 0..100u64 {
+            x.insert(2 * k, 2 * k, OwnerId(1), Who::default());
+        }
+        assert!(x.segs.dir.succ_above(0).is_some());
+        for k in (0..100u64).rev() {
+            assert!(x.remove(2 * k));
+        }
+        check(&x, &BTreeMap::new());
     }
 }
