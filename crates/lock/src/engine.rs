@@ -87,6 +87,8 @@ pub struct Engine {
     /// The caller's time, for the held-since stamps (see
     /// [`Engine::set_clock`]).
     clock: u64,
+    /// A used plan's vectors, reused by the next (see [`Engine::plan`]).
+    spare: Plan,
 }
 
 impl Engine {
@@ -106,7 +108,18 @@ impl Engine {
             deadlines: BTreeSet::new(),
             stats: Stats::default(),
             clock: 0,
+            spare: Plan::default(),
         }
+    }
+
+    /// An empty plan with the vectors of the last one given back: a lock
+    /// or unlock then allocates none.
+    pub(crate) fn plan(&mut self) -> Plan {
+        std::mem::take(&mut self.spare)
+    }
+
+    pub(crate) fn recycle(&mut self, plan: Plan) {
+        self.spare = plan;
     }
 
     /// Tells the engine the caller's time, in the caller's units, for the
@@ -198,11 +211,13 @@ impl Engine {
     ) -> Result<LockAnswer, Error> {
         let excl = req.mode == Mode::Exclusive;
         let r = req.range;
+        let buf = self.plan();
         let f = self.file(fid);
-        let plan = f.plan_lock(oid, r, excl);
+        let plan = f.plan_lock(oid, r, excl, buf);
         if plan.covered {
             self.check_room(oid, plan.delta())?;
             self.apply_plan(fid, oid, &plan, events);
+            self.recycle(plan);
             return Ok(LockAnswer::Granted);
         }
         let holder = f.holder_conflict(oid, r, excl);
@@ -216,6 +231,7 @@ impl Engine {
         if holder.is_none() && waiter.is_none() && !leases {
             self.check_room(oid, plan.delta())?;
             self.apply_plan(fid, oid, &plan, events);
+            self.recycle(plan);
             return Ok(LockAnswer::Granted);
         }
         if !req.block {
@@ -266,9 +282,11 @@ impl Engine {
         let (Some(&fid), Some(oid)) = (self.file_ids.get(file), self.owners.lookup(owner)) else {
             return Ok(reply((), events));
         };
-        let plan = self.file(fid).plan_unlock(oid, range);
+        let buf = self.plan();
+        let plan = self.file(fid).plan_unlock(oid, range, buf);
         self.check_room(oid, plan.delta())?;
         self.apply_plan(fid, oid, &plan, &mut events);
+        self.recycle(plan);
         self.gc(fid, oid);
         Ok(reply((), events))
     }
@@ -420,7 +438,7 @@ impl Engine {
                 None => Vec::new(),
             };
             for fid in files {
-                let plan = self.file(fid).plan_unlock(oid, Range::ALL);
+                let plan = self.file(fid).plan_unlock(oid, Range::ALL, Plan::default());
                 let who = self.owners.who(oid);
                 self.file_mut(fid).apply(oid, who, &plan);
                 self.count_segs(fid, oid, plan.delta());

@@ -87,6 +87,7 @@ pub(crate) struct FileState {
 
 /// The segments a lock or unlock removes and adds for one owner. Computed
 /// before anything changes so bounds can be checked first.
+#[derive(Default)]
 pub(crate) struct Plan {
     pub remove: Vec<u32>,
     pub add: Vec<(u64, u64, bool)>,
@@ -96,6 +97,8 @@ pub(crate) struct Plan {
     /// The owner already holds every byte of the range at least as strongly
     /// (a no-op or a downgrade), so no one else can object to it.
     pub covered: bool,
+    /// The owner's segments near the range: scratch for planning.
+    near: Vec<u32>,
 }
 
 impl Plan {
@@ -105,6 +108,18 @@ impl Plan {
             None => (s, e),
         };
         self.weakened = Range::new(lo, hi);
+    }
+
+    /// Emptied for reuse, with `covered` as given, and the scratch list
+    /// taken out (empty) so the plan can be filled while it is read.
+    fn reset(mut self, covered: bool) -> (Plan, Vec<u32>) {
+        self.remove.clear();
+        self.add.clear();
+        self.weakened = None;
+        self.covered = covered;
+        let mut near = std::mem::take(&mut self.near);
+        near.clear();
+        (self, near)
     }
 
     pub fn delta(&self) -> isize {
@@ -134,22 +149,17 @@ impl FileState {
 
     /// Replace `owner`'s holdings over `r` with one segment of mode `excl`,
     /// merged with touching or overlapping segments of the same mode.
-    pub fn plan_lock(&self, owner: OwnerId, r: Range, excl: bool) -> Plan {
+    /// `plan` lends its vectors (see [`Plan::reset`]).
+    pub fn plan_lock(&self, owner: OwnerId, r: Range, excl: bool, plan: Plan) -> Plan {
         let (s, e) = (r.start(), r.end());
-        let mut near = Vec::new();
+        let (mut plan, mut near) = plan.reset(true);
         self.holders
             .owner_overlaps(owner, s.saturating_sub(1), e.saturating_add(1), &mut near);
-        let mut plan = Plan {
-            remove: Vec::new(),
-            add: Vec::new(),
-            weakened: None,
-            covered: true,
-        };
         let (mut lo, mut hi) = (s, e);
         // Next byte of [s, e] not yet seen covered by a segment at least as
         // strong; `None` once the cursor has run past u64::MAX.
         let mut cursor = Some(s);
-        for slot in near {
+        for &slot in &near {
             let n = self.holders.get(slot);
             let overlaps = n.start <= e && n.end >= s;
             if overlaps {
@@ -181,21 +191,16 @@ impl FileState {
             plan.covered = false;
         }
         plan.add.push((lo, hi, excl));
+        plan.near = near;
         plan
     }
 
     /// Drop `owner`'s holdings over `r`, keeping the parts outside it.
-    pub fn plan_unlock(&self, owner: OwnerId, r: Range) -> Plan {
+    pub fn plan_unlock(&self, owner: OwnerId, r: Range, plan: Plan) -> Plan {
         let (s, e) = (r.start(), r.end());
-        let mut near = Vec::new();
+        let (mut plan, mut near) = plan.reset(false);
         self.holders.owner_overlaps(owner, s, e, &mut near);
-        let mut plan = Plan {
-            remove: Vec::new(),
-            add: Vec::new(),
-            weakened: None,
-            covered: false,
-        };
-        for slot in near {
+        for &slot in &near {
             let n = self.holders.get(slot);
             plan.remove.push(slot);
             plan.weaken(n.start.max(s), n.end.min(e));
@@ -206,6 +211,7 @@ impl FileState {
                 plan.add.push((e + 1, n.end, n.excl));
             }
         }
+        plan.near = near;
         plan
     }
 

@@ -68,7 +68,8 @@ impl Engine {
         let n = self.file(fid).waiters.get(slot);
         let (oid, excl, id) = (n.owner, n.excl, n.payload.id);
         let r = self.remove_waiter(fid, slot);
-        let plan = self.file(fid).plan_lock(oid, r, excl);
+        let buf = self.plan();
+        let plan = self.file(fid).plan_lock(oid, r, excl, buf);
         let who = self.owners.who(oid);
         self.file_mut(fid).apply(oid, who, &plan);
         self.count_segs(fid, oid, plan.delta());
@@ -79,6 +80,8 @@ impl Engine {
             range: r,
             mode: if excl { Mode::Exclusive } else { Mode::Shared },
         });
-        plan.weakened
+        let weakened = plan.weakened;
+        self.recycle(plan);
+        weakened
     }
 }
