@@ -156,6 +156,9 @@ impl Grants {
 impl NlmServer {
     /// Turns the engine's events into callbacks.
     pub(crate) fn deliver(&mut self, events: Vec<Event>, now: u64) {
+        if events.is_empty() {
+            return;
+        }
         let mut batch = self.take_granted(&events);
         for e in events {
             self.age_event(&e);
