@@ -187,6 +187,45 @@ impl<P> Tree<P> {
         }
     }
 
+    /// Puts `slot` (keyed `key`, linked to nothing) into the subtree `t`;
+    /// returns the subtree's new root. One descent: the new node goes in
+    /// where its priority places it, over the split of what was there.
+    fn insert_rec(&mut self, t: u32, slot: u32, key: Key, order: usize) -> u32 {
+        if t == NIL {
+            return slot;
+        }
+        if prio(slot) > prio(t) {
+            let (a, b) = self.split(t, key, order);
+            self.set_child(slot, order, 0, a);
+            self.set_child(slot, order, 1, b);
+            self.update(slot, order);
+            return slot;
+        }
+        let side = usize::from(key > self.key(order, t));
+        let c = self.insert_rec(self.child(t, order, side), slot, key, order);
+        self.set_child(t, order, side, c);
+        self.update(t, order);
+        t
+    }
+
+    /// Takes the node keyed `key` out of the subtree `t`, which holds it;
+    /// returns the subtree's new root. One descent, then the node's two
+    /// children joined in its place.
+    fn remove_rec(&mut self, t: u32, key: Key, order: usize) -> u32 {
+        if t == NIL {
+            return NIL;
+        }
+        let k = self.key(order, t);
+        if k == key {
+            return self.merge(self.child(t, order, 0), self.child(t, order, 1), order);
+        }
+        let side = usize::from(key > k);
+        let c = self.remove_rec(self.child(t, order, side), key, order);
+        self.set_child(t, order, side, c);
+        self.update(t, order);
+        t
+    }
+
     fn orders(&self) -> usize {
         if self.owner_order {
             2
@@ -224,9 +263,7 @@ impl<P> Tree<P> {
                 continue;
             }
             let key = self.key(order, slot);
-            let (a, b) = self.split(self.root[order], key, order);
-            let l = self.merge(a, slot, order);
-            self.root[order] = self.merge(l, b, order);
+            self.root[order] = self.insert_rec(self.root[order], slot, key, order);
         }
         self.len += 1;
         slot
@@ -238,9 +275,7 @@ impl<P> Tree<P> {
                 continue;
             }
             let key = self.key(order, slot);
-            let (a, b) = self.split(self.root[order], key, order);
-            let (_, c) = self.split(b, (key.0, key.1, key.2 + 1), order);
-            self.root[order] = self.merge(a, c, order);
+            self.root[order] = self.remove_rec(self.root[order], key, order);
         }
         self.nodes[slot as usize].link = [[NIL; 2]; 2];
         self.free.push(slot);
@@ -352,5 +387,101 @@ impl<P> Tree<P> {
         if s < e {
             self.owner_range(owner, s + 1, e, out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks both orders against `model` (slot -> (start, end, owner,
+    /// excl)): in-order keys, heap order of priorities, and the maxima of
+    /// order 0.
+    fn check(t: &Tree<()>, model: &std::collections::BTreeMap<u32, (u64, u64, u32, bool)>) {
+        assert_eq!(t.len(), model.len());
+        for order in 0..2 {
+            let mut got = Vec::new();
+            walk(t, t.root[order], order, &mut got);
+            let mut want: Vec<Key> = model
+                .iter()
+                .filter(|(_, v)| order == 1 || !v.3)
+                .map(|(&slot, v)| {
+                    if order == 0 {
+                        (0, v.0, slot)
+                    } else {
+                        (v.2, v.0, slot)
+                    }
+                })
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "order {order}");
+        }
+    }
+
+    /// In-order keys of subtree `n`; asserts heap order and the maxima.
+    fn walk(
+        t: &Tree<()>,
+        n: u32,
+        order: usize,
+        out: &mut Vec<Key>,
+    ) -> (u64, Option<u64>, Option<u64>) {
+        if n == NIL {
+            return (0, None, None);
+        }
+        let node = t.get(n);
+        let mut max = (
+            node.end,
+            node.excl.then_some(node.end),
+            (!node.excl).then_some(node.end),
+        );
+        for side in 0..2 {
+            let c = t.child(n, order, side);
+            if side == 1 {
+                out.push(t.key(order, n));
+            }
+            let m = walk(t, c, order, out);
+            if c != NIL {
+                assert!(prio(c) < prio(n), "heap order");
+                max = (max.0.max(m.0), max.1.max(m.1), max.2.max(m.2));
+            }
+        }
+        if order == 0 {
+            assert_eq!((node.max_end, node.max_end_excl, node.max_end_shared), max);
+        }
+        max
+    }
+
+    #[test]
+    fn inserts_and_removes_keep_both_orders() {
+        let mut t: Tree<()> = Tree::new(true, false);
+        let mut model = std::collections::BTreeMap::new();
+        let mut x = 12345u64;
+        for step in 0..3000u32 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = x >> 33;
+            if r % 5 < 3 || model.is_empty() {
+                let (start, owner, excl) = (r % 200, (r >> 8) as u32 % 7, (r >> 12) % 2 == 0);
+                let end = start + (r >> 16) % 30;
+                let slot = t.insert(start, end, OwnerId(owner), excl, ());
+                assert!(model.insert(slot, (start, end, owner, excl)).is_none());
+            } else {
+                let pick = (r >> 20) as usize % model.len();
+                let slot = *model.keys().nth(pick).unwrap_or(&0);
+                t.remove(slot);
+                model.remove(&slot);
+            }
+            if step % 50 == 0 {
+                check(&t, &model);
+            }
+        }
+        check(&t, &model);
+        for slot in model.keys().copied().collect::<Vec<_>>() {
+            t.remove(slot);
+        }
+        model.clear();
+        check(&t, &model);
+        assert_eq!(t.root, [NIL; 2]);
     }
 }
