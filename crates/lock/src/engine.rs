@@ -212,8 +212,9 @@ impl Engine {
         let excl = req.mode == Mode::Exclusive;
         let r = req.range;
         let buf = self.plan();
+        let held = self.owners.holds_any(oid);
         let f = self.file(fid);
-        let plan = f.plan_lock(oid, r, excl, buf);
+        let plan = f.plan_lock(oid, r, excl, held, buf);
         if plan.covered {
             self.check_room(oid, plan.delta())?;
             self.apply_plan(fid, oid, &plan, events);

@@ -149,12 +149,16 @@ impl FileState {
 
     /// Replace `owner`'s holdings over `r` with one segment of mode `excl`,
     /// merged with touching or overlapping segments of the same mode.
-    /// `plan` lends its vectors (see [`Plan::reset`]).
-    pub fn plan_lock(&self, owner: OwnerId, r: Range, excl: bool, plan: Plan) -> Plan {
+    /// `plan` lends its vectors (see [`Plan::reset`]); `held` is false
+    /// only if the owner holds no segment anywhere (then none is searched
+    /// for here).
+    pub fn plan_lock(&self, owner: OwnerId, r: Range, excl: bool, held: bool, plan: Plan) -> Plan {
         let (s, e) = (r.start(), r.end());
         let (mut plan, mut near) = plan.reset(true);
-        self.holders
-            .owner_overlaps(owner, s.saturating_sub(1), e.saturating_add(1), &mut near);
+        if held {
+            self.holders
+                .owner_overlaps(owner, s.saturating_sub(1), e.saturating_add(1), &mut near);
+        }
         let (mut lo, mut hi) = (s, e);
         // Next byte of [s, e] not yet seen covered by a segment at least as
         // strong; `None` once the cursor has run past u64::MAX.

@@ -196,6 +196,12 @@ impl Owners {
         }
     }
 
+    /// Whether the owner holds a lock segment on any file: one that holds
+    /// none needs no search of a file for its own segments.
+    pub fn holds_any(&self, id: OwnerId) -> bool {
+        self.get(id).is_some_and(|e| e.segs > 0)
+    }
+
     /// The owner's compact key, to keep beside its segments.
     pub fn who(&self, id: OwnerId) -> Who {
         self.short.get(id.0 as usize).map_or(Who::GONE, |k| k.0)

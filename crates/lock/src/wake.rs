@@ -69,7 +69,8 @@ impl Engine {
         let (oid, excl, id) = (n.owner, n.excl, n.payload.id);
         let r = self.remove_waiter(fid, slot);
         let buf = self.plan();
-        let plan = self.file(fid).plan_lock(oid, r, excl, buf);
+        let held = self.owners.holds_any(oid);
+        let plan = self.file(fid).plan_lock(oid, r, excl, held, buf);
         let who = self.owners.who(oid);
         self.file_mut(fid).apply(oid, who, &plan);
         self.count_segs(fid, oid, plan.delta());
