@@ -64,6 +64,7 @@ pub struct Cell {
     /// short round trips are not rounded to whole microseconds).
     pub p50_us: f64,
     pub p99_us: f64,
+    pub mean_us: f64,
 }
 
 impl Cell {
@@ -329,6 +330,7 @@ where
         secs: (t.busy.as_secs_f64() / k.max(1) as f64).max(f64::MIN_POSITIVE),
         p50_us: t.hist.value_at_quantile(0.5) as f64 / 1000.0,
         p99_us: t.hist.value_at_quantile(0.99) as f64 / 1000.0,
+        mean_us: t.hist.mean() / 1000.0,
     });
     Ok((a, b))
 }

@@ -8,8 +8,8 @@
 //! back and pairs, over one connection each, in slices of each cell (see
 //! [`alternating`]), so both figures see the same machine. Per cell:
 //! pairs/s and pair latency, NULL calls/s and the p50 of two NULL round
-//! trips (`2NULL50`), `rate` = pairs/s / (NULL/s / 2) and `lat` = pair p50
-//! / `2NULL50`.
+//! trips (`2NULL50`), `rate` = pairs/s / (NULL/s / 2), `lat` = pair p50
+//! / `2NULL50`, and `mlat`, the same ratio of mean latencies.
 //! For the contended case the hand-off time is also reported: from the
 //! moment the holder sends UNLOCK to the moment the next waiter's GRANTED
 //! arrives.
@@ -331,7 +331,7 @@ pub fn run(o: &Options) -> Result<()> {
         None
     };
     println!(
-        "{:<10} {:<4} {:>3} {:>8} {:>6} {:>6} {:>8} {:>6} {:>6} {:>6} {:>9} {:>9}",
+        "{:<10} {:<4} {:>3} {:>8} {:>6} {:>6} {:>8} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9}",
         "workload",
         "",
         "K",
@@ -342,6 +342,7 @@ pub fn run(o: &Options) -> Result<()> {
         "2NULL50",
         "rate",
         "lat",
+        "mlat",
         "handoff50",
         "handoff99"
     );
@@ -366,7 +367,7 @@ pub fn run(o: &Options) -> Result<()> {
                     _ => ("-".into(), "-".into()),
                 };
                 println!(
-                    "{:<10} {:<4} {:>3} {:>8.0} {:>6.0} {:>6.0} {:>8.0} {:>6.1} {:>6.2} {:>6.2} {:>9} {:>9}",
+                    "{:<10} {:<4} {:>3} {:>8.0} {:>6.0} {:>6.0} {:>8.0} {:>6.1} {:>6.2} {:>6.2} {:>6.2} {:>9} {:>9}",
                     w.name(),
                     proto.name(),
                     k,
@@ -377,6 +378,7 @@ pub fn run(o: &Options) -> Result<()> {
                     null.p50_us,
                     pairs.rate() / null.rate(),
                     pairs.p50_us / null.p50_us,
+                    pairs.mean_us / null.mean_us,
                     h50,
                     h99
                 );
