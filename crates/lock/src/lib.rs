@@ -40,6 +40,6 @@ mod wake;
 pub use engine::{BlockedRequest, Engine, LockRequest};
 pub use events::{Event, Holder, LeaseAnswer, LockAnswer, Reply, ShareAnswer, Stats, TestAnswer};
 pub use types::{
-    Bound, Error, FileKey, HostId, LeaseKind, Limits, Mode, Owner, OwnerId, Range, RequestId,
-    Share, ShareBits,
+    Bound, Error, FileKey, HandleBytes, HostId, LeaseKind, Limits, Mode, Owner, OwnerId, Range,
+    RequestId, Share, ShareBits,
 };

@@ -8,13 +8,109 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostId(pub u64);
 
+/// The bytes of a handle: up to `N` in place, longer ones on the heap.
+/// Naming a file or an owner, which every LOCK, UNLOCK and TEST does,
+/// then costs no allocation for the handles clients really send (NFSv3
+/// file handles of 20 to 40 bytes, owner handles of a few to 20). Compared,
+/// ordered and hashed as the bytes, whatever the storage.
+#[derive(Clone)]
+pub struct HandleBytes<const N: usize>(Repr<N>);
+
+#[derive(Clone)]
+enum Repr<const N: usize> {
+    Inline { len: u8, buf: [u8; N] },
+    Heap(Box<[u8]>),
+}
+
+impl<const N: usize> HandleBytes<N> {
+    pub fn new(bytes: &[u8]) -> Self {
+        let mut buf = [0; N];
+        match buf.get_mut(..bytes.len()) {
+            // N stays below 256, so the length fits in a byte.
+            Some(dst) if N < 256 => {
+                dst.copy_from_slice(bytes);
+                HandleBytes(Repr::Inline {
+                    len: bytes.len() as u8,
+                    buf,
+                })
+            }
+            _ => HandleBytes(Repr::Heap(bytes.into())),
+        }
+    }
+}
+
+impl<const N: usize> std::ops::Deref for HandleBytes<N> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => buf.get(..usize::from(*len)).unwrap_or(&[]),
+            Repr::Heap(b) => b,
+        }
+    }
+}
+
+impl<const N: usize> From<&[u8]> for HandleBytes<N> {
+    fn from(b: &[u8]) -> Self {
+        HandleBytes::new(b)
+    }
+}
+
+impl<const N: usize, const M: usize> From<&[u8; M]> for HandleBytes<N> {
+    fn from(b: &[u8; M]) -> Self {
+        HandleBytes::new(b)
+    }
+}
+
+impl<const N: usize> From<Vec<u8>> for HandleBytes<N> {
+    fn from(b: Vec<u8>) -> Self {
+        HandleBytes::new(&b)
+    }
+}
+
+impl<const N: usize> PartialEq for HandleBytes<N> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<const N: usize> Eq for HandleBytes<N> {}
+
+impl<const N: usize> PartialOrd for HandleBytes<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<const N: usize> Ord for HandleBytes<N> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl<const N: usize> std::hash::Hash for HandleBytes<N> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl<const N: usize> fmt::Debug for HandleBytes<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// Owner handles up to this long are kept in place.
+pub const OWNER_HANDLE_INLINE: usize = 30;
+/// File handles up to this long are kept in place.
+pub const FILE_HANDLE_INLINE: usize = 46;
+
 /// A lock owner: the NLM `(caller, svid, oh)` triple, with the caller
 /// already mapped to a [`HostId`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner {
     pub host: HostId,
     pub svid: u32,
-    pub handle: Box<[u8]>,
+    pub handle: HandleBytes<OWNER_HANDLE_INLINE>,
 }
 
 impl Owner {
@@ -34,7 +130,7 @@ pub struct OwnerId(pub(crate) u32);
 
 /// A file, as the opaque bytes of its NFS file handle.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileKey(pub Box<[u8]>);
+pub struct FileKey(pub HandleBytes<FILE_HANDLE_INLINE>);
 
 impl FileKey {
     pub fn new(bytes: &[u8]) -> Self {
@@ -246,4 +342,49 @@ pub enum Error {
     /// or lies in the engine's range.
     #[error("request id {0:?} unusable")]
     BadRequestId(RequestId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::{Hash, Hasher};
+
+    fn hash<T: Hash + ?Sized>(x: &T) -> u64 {
+        let mut h = DefaultHasher::new();
+        x.hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn handle_bytes_behave_as_their_bytes_in_place_or_on_the_heap() {
+        // Lengths on both sides of the inline limit, and empty.
+        let lens = [
+            0,
+            1,
+            7,
+            FILE_HANDLE_INLINE - 1,
+            FILE_HANDLE_INLINE,
+            FILE_HANDLE_INLINE + 1,
+            200,
+        ];
+        let all: Vec<Vec<u8>> = lens
+            .iter()
+            .flat_map(|&n| [vec![7u8; n], (0..n).map(|i| i as u8).collect()])
+            .collect();
+        for a in &all {
+            let ka = FileKey::new(a);
+            assert_eq!(&*ka.0, &a[..]);
+            assert_eq!(hash(&ka.0), hash(&a[..]));
+            for b in &all {
+                let kb = FileKey::new(b);
+                assert_eq!(ka == kb, a == b);
+                assert_eq!(ka.cmp(&kb), a.cmp(b));
+            }
+        }
+        let long = vec![1u8; OWNER_HANDLE_INLINE + 5];
+        let o = Owner::new(HostId(1), 2, &long);
+        assert_eq!(&*o.handle, &long[..]);
+        assert_eq!(o.clone(), o);
+    }
 }
