@@ -271,11 +271,23 @@ pub struct ClientCore {
     /// lost) is acknowledged again even if the owner has since changed
     /// what it holds there, which the server saw happen after the grant.
     accepted: Remembered,
+    /// Locks (as a GRANTED names them) of blocking LOCKs that got no
+    /// answer, until when a GRANTED for them may still come from that
+    /// request: the server may have queued and granted it, and its GRANTED
+    /// (sent again by the RPC layer after the grant was withdrawn, or late
+    /// in the network) names a later wait for the same lock just as well.
+    /// A GRANTED for such a lock is not taken on its word: the wait's LOCK
+    /// is sent again and its answer decides (seed 0x36a8b).
+    stale_grants: BTreeMap<GrantKey, u64>,
     actions: Vec<ClientAction>,
 }
 
 /// A file on a server: (server, server name, file handle).
 type FileAt = (IpAddr, Vec<u8>, Vec<u8>);
+
+/// A lock as a GRANTED callback names it: server, file handle, svid,
+/// owner handle, offset, length, exclusive.
+type GrantKey = (IpAddr, Vec<u8>, u32, Vec<u8>, u64, u64, bool);
 
 /// How many files one connection may lock in (see `ClientCore::touched`).
 const TOUCHED_MAX: usize = 1024;
@@ -1129,7 +1141,7 @@ impl ClientCore {
             Err(CallFailure::Rpc(e)) => {
                 return self.failed(f, &format!("the server refused the call: {e}"))
             }
-            Err(CallFailure::Transport(e)) => return self.unanswered(f, &e),
+            Err(CallFailure::Transport(e)) => return self.unanswered(f, &e, now_ms),
         };
         if matches!(f.op, Op::Share { .. } | Op::Unshare) {
             let Ok(r) = decode::<ShareRes>(&bytes, f.vers) else {
@@ -1374,7 +1386,7 @@ impl ClientCore {
     /// No answer: the call may or may not have happened on the server.
     /// Whatever could be left held there is undone, and undone again until
     /// the server hears it.
-    fn unanswered(&mut self, f: InFlight, why: &str) {
+    fn unanswered(&mut self, f: InFlight, why: &str, now_ms: u64) {
         match f.op {
             Op::Unlock | Op::Cancel => {
                 if self.cleanup_later.len() < self.cfg.max_entries {
@@ -1425,6 +1437,7 @@ impl ClientCore {
                         && e.lock.exclusive == f.lock.exclusive
                 });
                 if block && !granted {
+                    self.taint(f.conn, &f.lock, now_ms);
                     self.cleanup_later.push(InFlight {
                         conn: f.conn,
                         req: None,
@@ -1527,6 +1540,35 @@ impl ClientCore {
         }
     }
 
+    /// GRANTEDs for this lock may belong to an unanswered LOCK for a while
+    /// (see `stale_grants`).
+    fn taint(&mut self, conn: ConnId, l: &RemoteLock, now_ms: u64) {
+        let (svid, oh) = owner(&self.cfg, self.boot, self.nsm_state, conn);
+        let key = (
+            l.server,
+            l.fh.clone(),
+            svid,
+            oh,
+            l.offset,
+            l.len,
+            l.exclusive,
+        );
+        if self.stale_grants.len() >= self.cfg.max_entries && !self.stale_grants.contains_key(&key)
+        {
+            // Full: the one that lapses first goes.
+            let first = self
+                .stale_grants
+                .iter()
+                .min_by_key(|(_, &t)| t)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = first {
+                self.stale_grants.remove(&k);
+            }
+        }
+        self.stale_grants
+            .insert(key, now_ms.saturating_add(LINGER_MS));
+    }
+
     /// A GRANTED callback from `from`: the answer for the server.
     pub fn granted(&mut self, from: IpAddr, a: &TestArgs) -> Stat {
         let cookie = (from, a.cookie.as_bytes().to_vec());
@@ -1548,6 +1590,15 @@ impl ClientCore {
                 && l.offset == a.lock.offset
                 && l.len == a.lock.len
         };
+        let stale = self.stale_grants.contains_key(&(
+            from,
+            a.lock.fh.as_bytes().to_vec(),
+            a.lock.svid,
+            a.lock.oh.as_bytes().to_vec(),
+            a.lock.offset,
+            a.lock.len,
+            a.exclusive,
+        ));
         let waiting = self
             .waiting
             .iter()
@@ -1555,6 +1606,15 @@ impl ClientCore {
             .map(|(k, _)| *k);
         if let Some(k) = waiting {
             if self.unconfirmed.contains(&k) {
+                return Stat::DeniedGracePeriod;
+            }
+            // Maybe the unanswered request's: ask again now, and let the
+            // server try this GRANTED later (if it is this wait's, the
+            // server holds the lock for us and answers the LOCK `granted`).
+            if stale {
+                if let Some(e) = self.waiting.get_mut(&k) {
+                    e.last_sent_ms = 0;
+                }
                 return Stat::DeniedGracePeriod;
             }
             if let Some(e) = self.waiting.remove(&k) {
@@ -1580,7 +1640,7 @@ impl ClientCore {
                 .is_some_and(|k| self.unconfirmed.contains(&k))
         };
         if let Some(t) = early {
-            if unconfirmed(t) {
+            if unconfirmed(t) || stale {
                 return Stat::DeniedGracePeriod;
             }
             self.granted_early.insert(t);
@@ -1789,6 +1849,7 @@ impl ClientCore {
     /// the server answering `granted`), and retries reclaims the server was
     /// not ready for.
     pub fn tick(&mut self, now_ms: u64) {
+        self.stale_grants.retain(|_, until| *until > now_ms);
         // _MSG calls whose _RES never came: no answer.
         let lapsed: Vec<u64> = self
             .awaiting_res

@@ -471,6 +471,21 @@ fn regression_a_reclaim_for_an_earlier_start_is_refused_for_good() {
     check_as_found(0x31626);
 }
 
+/// 0x36a8b (safety), sweep from 220000: a blocking LOCK got no answer
+/// through a partition, though the server had queued it and granted it;
+/// the client gave up, and its CANCEL undid the grant. The same program
+/// then asked for the same lock again and was queued. The RPC layer's
+/// retransmission of the first grant's GRANTED (same xid, sent after the
+/// withdrawal) named that lock exactly, so the client took it for the
+/// second wait's and believed it held a byte another owner held. Fixed:
+/// for a while after a blocking LOCK goes unanswered, a GRANTED for its
+/// lock is answered `denied_grace_period` (the server tries it again
+/// later) and the wait's LOCK is sent again at once; its answer decides.
+#[test]
+fn regression_a_late_granted_of_an_abandoned_wait_is_not_taken_for_the_next() {
+    check_as_found(0x36a8b);
+}
+
 /// Three more seeds that failed in that sweep on the code before the fixes
 /// above (0x1c860: a shared lock believed held while the server gave the
 /// byte to an exclusive owner; 0x1ca59: in grace the server held more
