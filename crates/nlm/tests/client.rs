@@ -693,6 +693,73 @@ fn a_granted_meant_for_the_previous_start_is_refused() {
     assert_eq!(n.events(2), vec![(2, LocalEvent::Granted { req: 1 })]);
 }
 
+/// A blocking LOCK that got no answer may have been queued and granted,
+/// and its GRANTED (resent, or late in the network) names the lock, not
+/// the request: for a while a GRANTED for that lock is not taken on its
+/// word for a new wait; the wait's LOCK is asked again, and its answer
+/// decides (sim seed 0x36a8b).
+#[test]
+fn a_granted_for_an_abandoned_waits_lock_is_checked_before_it_ends_a_new_wait() {
+    let mut n = Net::new(3);
+    n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 0, true);
+    n.events(1);
+    n.hosts[0].down = true;
+    n.remote(2, 2, 1, ClientOp::Lock { wait: true }, 0, 0, 0, true);
+    assert!(matches!(
+        &n.events(2)[..],
+        [(
+            2,
+            LocalEvent::Reply {
+                req: 1,
+                outcome: Outcome::Failed(_)
+            }
+        )]
+    ));
+    n.hosts[0].down = false;
+    n.advance(100);
+    n.remote(2, 2, 2, ClientOp::Lock { wait: true }, 0, 0, 0, true);
+    assert_eq!(n.events(2), vec![(2, reply(2, Outcome::Blocked))]);
+    let waiting = n.hosts[0]
+        .nlm
+        .lock()
+        .unwrap()
+        .list_locks(n.now())
+        .into_iter()
+        .find(|e| e.host.as_ref().is_some_and(|h| h.1 == n.hosts[2].ip))
+        .unwrap();
+    // A GRANTED naming exactly that lock, not sent for this wait.
+    let stale = TestArgs {
+        cookie: Netobj::from_slice(b"first-wait").unwrap(),
+        exclusive: true,
+        lock: Lock {
+            caller_name: Name::from_text("10.0.0.1").unwrap(),
+            fh: Netobj::from_slice(&waiting.fh).unwrap(),
+            oh: Netobj::from_slice(&waiting.oh).unwrap(),
+            svid: waiting.svid,
+            offset: waiting.offset,
+            len: waiting.len,
+        },
+    };
+    let server = n.hosts[0].ip;
+    let stat = n.hosts[2]
+        .nlm
+        .lock()
+        .unwrap()
+        .client
+        .granted(server, &stale);
+    assert_eq!(stat, Stat::DeniedGracePeriod, "taken on its word");
+    // The wait's LOCK, asked again at once, is still `blocked`.
+    let sent = n.hosts[2].sent;
+    n.advance(10);
+    assert!(n.hosts[2].sent > sent, "the wait was not asked again");
+    assert!(n.events(2).is_empty(), "the new wait goes on");
+    // The real grant, in the same window, still ends the wait.
+    n.remote(1, 1, 2, ClientOp::Unlock, 0, 0, 0, true);
+    n.advance(10);
+    assert_eq!(n.events(2), vec![(2, LocalEvent::Granted { req: 2 })]);
+    assert_eq!(n.hosts[2].nlm.lock().unwrap().client.held().count(), 1);
+}
+
 /// Like Linux's lock manager, the client side sends a restarted server no
 /// new LOCK or TEST while its reclaims are under way: the server may take
 /// them for the end of our recovery. The program hears `grace`, as it
