@@ -75,9 +75,11 @@ pub struct NlmConfig {
     /// Length of the grace period after a restart; it ends early once
     /// every host that held locks has reclaimed or gone.
     pub grace_ms: u64,
-    /// Grace lasts at least this long (if `grace_ms` allows): requests
-    /// sent before the crash, still retransmitted or in the network, are
-    /// refused as in grace, not granted by a server that forgot them.
+    /// Grace lasts at least this long (if `grace_ms` allows), after every
+    /// restart, even one with no host to wait for (not after the first
+    /// start): requests sent before the crash, still retransmitted or in
+    /// the network, are refused as in grace, not granted by a server that
+    /// forgot them.
     pub grace_min_ms: u64,
     /// GRANTED callbacks: "auto" (GRANTED_MSG for clients that used
     /// LOCK_MSG, GRANTED otherwise), "sync" or "msg".

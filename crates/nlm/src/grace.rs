@@ -25,10 +25,17 @@ pub(crate) struct Grace {
 }
 
 impl Grace {
-    /// Grace waits for `hosts`; with none there is nothing to wait for.
-    pub fn start(hosts: &BTreeSet<Vec<u8>>, grace_ms: u64, min_ms: u64, settle_ms: u64) -> Grace {
+    /// After a restart, grace waits for `hosts`, and lasts `min_ms` at
+    /// least even with none; the first start has none.
+    pub fn start(
+        hosts: &BTreeSet<Vec<u8>>,
+        restart: bool,
+        grace_ms: u64,
+        min_ms: u64,
+        settle_ms: u64,
+    ) -> Grace {
         Grace {
-            active: !hosts.is_empty(),
+            active: restart,
             ends_ms: grace_ms,
             min_ms,
             settle_ms,

@@ -181,7 +181,8 @@ impl Hosts {
 
 /// Stable storage for the names of hosts that hold state.
 pub trait HostStore: Send {
-    fn load(&mut self) -> std::io::Result<BTreeSet<Vec<u8>>>;
+    /// The list; `None` if none was ever saved (the first start).
+    fn load(&mut self) -> std::io::Result<Option<BTreeSet<Vec<u8>>>>;
     /// Replaces the list; returns once it is durable.
     fn save(&mut self, names: &BTreeSet<Vec<u8>>) -> std::io::Result<()>;
 }
@@ -195,14 +196,16 @@ pub struct FileHostStore<F: Fs = RealFs> {
 }
 
 impl<F: Fs> HostStore for FileHostStore<F> {
-    fn load(&mut self) -> std::io::Result<BTreeSet<Vec<u8>>> {
+    fn load(&mut self) -> std::io::Result<Option<BTreeSet<Vec<u8>>>> {
         match self.fs.read(&self.path) {
-            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
-                .lines()
-                .filter_map(latch_nsm::name::unescape)
-                .filter(|n| !n.is_empty())
-                .collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Ok(bytes) => Ok(Some(
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .filter_map(latch_nsm::name::unescape)
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -218,23 +221,28 @@ impl<F: Fs> HostStore for FileHostStore<F> {
     }
 }
 
-/// An in-memory store shared with the test that made it.
+/// An in-memory store shared with the test that made it. It counts as
+/// saved once something was saved or a name was put in it.
 #[derive(Debug, Default, Clone)]
 pub struct MemHostStore {
     pub names: Arc<Mutex<BTreeSet<Vec<u8>>>>,
+    pub saved: Arc<Mutex<bool>>,
 }
 
 impl HostStore for MemHostStore {
-    fn load(&mut self) -> std::io::Result<BTreeSet<Vec<u8>>> {
-        Ok(self
+    fn load(&mut self) -> std::io::Result<Option<BTreeSet<Vec<u8>>>> {
+        let names = self
             .names
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone())
+            .clone();
+        let saved = *self.saved.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok((saved || !names.is_empty()).then_some(names))
     }
 
     fn save(&mut self, names: &BTreeSet<Vec<u8>>) -> std::io::Result<()> {
         *self.names.lock().unwrap_or_else(PoisonError::into_inner) = names.clone();
+        *self.saved.lock().unwrap_or_else(PoisonError::into_inner) = true;
         Ok(())
     }
 }
@@ -272,10 +280,12 @@ mod tests {
             path: dir.join("hosts"),
             fs: RealFs,
         };
-        assert!(s.load().unwrap().is_empty());
+        assert!(s.load().unwrap().is_none(), "never saved");
+        s.save(&BTreeSet::new()).unwrap();
+        assert_eq!(s.load().unwrap(), Some(BTreeSet::new()));
         let names: BTreeSet<Vec<u8>> = [b"a\nb".to_vec(), b"../x".to_vec(), vec![0, 255]].into();
         s.save(&names).unwrap();
-        assert_eq!(s.load().unwrap(), names);
+        assert_eq!(s.load().unwrap(), Some(names));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -172,9 +172,21 @@ impl NlmServer {
         now: Instant,
     ) -> std::io::Result<Self> {
         let before = store.load()?;
+        // A restart, even one with no host to wait for, has a grace of
+        // `grace_min_ms`: a LOCK sent to the previous start may still come,
+        // retransmitted or late in the network, and must not be granted by
+        // a start that never answered it (seed 0x3b905). The first start
+        // leaves an empty list, so the next one knows it is a restart.
+        let restart = before.is_some();
+        let before = before.unwrap_or_default();
+        let mut store_errors = 0;
+        if !restart && store.save(&before).is_err() {
+            store_errors += 1;
+        }
         let mut engine = Engine::new(cfg.limits);
         let grace = Grace::start(
             &before,
+            restart,
             cfg.grace_ms,
             cfg.grace_min_ms,
             cfg.reclaim_settle_ms,
@@ -197,7 +209,10 @@ impl NlmServer {
             local_blocked: Default::default(),
             client: ClientCore::new(cfg.client.clone(), 0),
             ages: Default::default(),
-            stats: NlmStats::default(),
+            stats: NlmStats {
+                store_errors,
+                ..NlmStats::default()
+            },
         })
     }
 

@@ -1020,7 +1020,7 @@ struct CountingStore {
 }
 
 impl latch_nlm::HostStore for CountingStore {
-    fn load(&mut self) -> std::io::Result<std::collections::BTreeSet<Vec<u8>>> {
+    fn load(&mut self) -> std::io::Result<Option<std::collections::BTreeSet<Vec<u8>>>> {
         self.inner.load()
     }
     fn save(&mut self, names: &std::collections::BTreeSet<Vec<u8>>) -> std::io::Result<()> {
@@ -1037,18 +1037,20 @@ impl latch_nlm::HostStore for CountingStore {
 fn a_host_that_locks_and_unlocks_in_turn_is_saved_once() {
     let store = CountingStore::default();
     let mut r = Rig::new(NlmConfig::default(), store.clone());
+    // The first start leaves an empty list (the next start is a restart).
+    assert_eq!(*store.saves.lock().unwrap(), 1);
     let a = lk("a", 1, b"f", 0, 1);
     for _ in 0..20 {
         assert_eq!(r.lock(A, 4, &la(&a, true, false)), Stat::Granted);
         assert_eq!(r.unlock(A, 4, &a), Stat::Granted);
         r.advance(100);
     }
-    assert_eq!(*store.saves.lock().unwrap(), 1);
+    assert_eq!(*store.saves.lock().unwrap(), 2);
     assert_eq!(*store.inner.names.lock().unwrap(), [b"a".to_vec()].into());
     for _ in 0..100 {
         r.advance(100);
     }
-    assert_eq!(*store.saves.lock().unwrap(), 2);
+    assert_eq!(*store.saves.lock().unwrap(), 3);
     assert!(store.inner.names.lock().unwrap().is_empty());
 }
 
@@ -1179,6 +1181,40 @@ fn grace_does_not_end_early_before_its_minimum() {
     );
     r.advance(8_100);
     assert!(!r.srv.lock().unwrap().in_grace(), "over at the minimum");
+}
+
+/// Found by the simulator (seed 0x3b905): a restart whose list of hosts
+/// was empty had no grace at all, and a LOCK sent to the previous start
+/// (answered there, then retransmitted or late in the network) was granted
+/// by the new start, for a client that had moved on. A restart now always
+/// has a grace of `grace_min_ms`; the very first start has none.
+#[test]
+fn a_restart_with_no_hosts_to_wait_for_still_has_the_minimum_grace() {
+    let store = MemHostStore::default();
+    let cfg = NlmConfig {
+        grace_ms: 30_000,
+        grace_min_ms: 10_000,
+        ..NlmConfig::default()
+    };
+    let first = Rig::new(cfg.clone(), store.clone());
+    assert!(
+        !first.srv.lock().unwrap().in_grace(),
+        "first start: no grace"
+    );
+    drop(first);
+    assert!(store.names.lock().unwrap().is_empty());
+    let mut r = Rig::new(cfg, store);
+    assert!(r.srv.lock().unwrap().in_grace(), "a restart");
+    assert_eq!(
+        r.lock(B, 4, &la(&lk("b", 1, b"g", 0, 0), true, false)),
+        Stat::DeniedGracePeriod
+    );
+    r.advance(10_100);
+    assert!(!r.srv.lock().unwrap().in_grace(), "over at the minimum");
+    assert_eq!(
+        r.lock(B, 4, &la(&lk("b", 1, b"g", 0, 0), true, false)),
+        Stat::Granted
+    );
 }
 
 /// Found by the simulator: two waits of one owner granted in one wake; the

@@ -486,6 +486,18 @@ fn regression_a_late_granted_of_an_abandoned_wait_is_not_taken_for_the_next() {
     check_as_found(0x36a8b);
 }
 
+/// 0x3b905 (liveness), sweep from 240000: the server restarted with an
+/// empty list of hosts (none held locks when it crashed), so it had no
+/// grace at all; a client's non-blocking LOCK, answered `grace` by the
+/// previous start, came again (delayed in the network) and was granted by
+/// the new one, for a lock nobody believed held. The minimum grace of
+/// 0x7a18 applied only to restarts with hosts to wait for. Fixed: every
+/// restart has a grace of `grace_min_ms` at least.
+#[test]
+fn regression_a_restart_with_no_hosts_still_has_the_minimum_grace() {
+    check_as_found(0x3b905);
+}
+
 /// Three more seeds that failed in that sweep on the code before the fixes
 /// above (0x1c860: a shared lock believed held while the server gave the
 /// byte to an exclusive owner; 0x1ca59: in grace the server held more
