@@ -310,10 +310,61 @@ impl Net {
     fn events(&mut self, host: usize) -> Vec<(u64, LocalEvent)> {
         std::mem::take(&mut self.hosts[host].events)
     }
+
+    /// What server `server` lists for host `host` (held or waiting).
+    fn entry_of(&self, server: usize, host: usize) -> latch_nlm::admin::LockEntry {
+        let ip = self.hosts[host].ip;
+        self.hosts[server]
+            .nlm
+            .lock()
+            .unwrap()
+            .list_locks(self.now())
+            .into_iter()
+            .find(|e| e.host.as_ref().is_some_and(|h| h.1 == ip))
+            .unwrap()
+    }
+
+    /// Host `host`'s answer to a GRANTED from `server` naming exactly the
+    /// lock of `e`, with `cookie`, that the server did not send now.
+    fn granted_naming(
+        &mut self,
+        server: usize,
+        host: usize,
+        e: &latch_nlm::admin::LockEntry,
+        cookie: &[u8],
+    ) -> Stat {
+        let args = TestArgs {
+            cookie: Netobj::from_slice(cookie).unwrap(),
+            exclusive: e.exclusive,
+            lock: Lock {
+                caller_name: Name::from_text(&self.hosts[server].ip.to_string()).unwrap(),
+                fh: Netobj::from_slice(&e.fh).unwrap(),
+                oh: Netobj::from_slice(&e.oh).unwrap(),
+                svid: e.svid,
+                offset: e.offset,
+                len: e.len,
+            },
+        };
+        let from = self.hosts[server].ip;
+        self.hosts[host]
+            .nlm
+            .lock()
+            .unwrap()
+            .client
+            .granted(from, &args)
+    }
 }
 
 fn reply(req: u64, outcome: Outcome) -> LocalEvent {
     LocalEvent::Reply { req, outcome }
+}
+
+/// `events` is just connection `conn` told that its request `req` failed.
+fn just_failed(events: &[(u64, LocalEvent)], conn: u64, req: u64) -> bool {
+    matches!(
+        events,
+        [(c, LocalEvent::Reply { req: r, outcome: Outcome::Failed(_) })] if *c == conn && *r == req
+    )
 }
 
 #[test]
@@ -652,14 +703,7 @@ fn a_granted_meant_for_the_previous_start_is_refused() {
     n.hosts[2].nlm.lock().unwrap().set_boot(3);
     n.remote(2, 2, 1, ClientOp::Lock { wait: false }, 0, 0, 0, true);
     n.events(2);
-    let old = n.hosts[0]
-        .nlm
-        .lock()
-        .unwrap()
-        .list_locks(n.now())
-        .into_iter()
-        .find(|e| e.host.as_ref().is_some_and(|h| h.1 == n.hosts[2].ip))
-        .unwrap();
+    let old = n.entry_of(0, 2);
     // Host 2 restarts; its connection 2 waits for the same lock again.
     n.hosts[2] = Host::new("10.0.0.3", MemHostStore::default(), n.t0);
     n.hosts[2].nlm.lock().unwrap().set_boot(5);
@@ -667,25 +711,7 @@ fn a_granted_meant_for_the_previous_start_is_refused() {
     n.remote(1, 1, 1, ClientOp::Lock { wait: false }, 0, 0, 0, true);
     n.remote(2, 2, 1, ClientOp::Lock { wait: true }, 0, 0, 0, true);
     assert_eq!(n.events(2), vec![(2, reply(1, Outcome::Blocked))]);
-    let stale = TestArgs {
-        cookie: Netobj::from_slice(b"old").unwrap(),
-        exclusive: true,
-        lock: Lock {
-            caller_name: Name::from_text("10.0.0.1").unwrap(),
-            fh: Netobj::from_slice(&old.fh).unwrap(),
-            oh: Netobj::from_slice(&old.oh).unwrap(),
-            svid: old.svid,
-            offset: old.offset,
-            len: old.len,
-        },
-    };
-    let server = n.hosts[0].ip;
-    let stat = n.hosts[2]
-        .nlm
-        .lock()
-        .unwrap()
-        .client
-        .granted(server, &stale);
+    let stat = n.granted_naming(0, 2, &old, b"old");
     assert_eq!(stat, Stat::Denied, "the old start's GRANTED was taken");
     assert!(n.events(2).is_empty(), "the new wait goes on");
     // The real grant still comes.
@@ -705,48 +731,14 @@ fn a_granted_for_an_abandoned_waits_lock_is_checked_before_it_ends_a_new_wait() 
     n.events(1);
     n.hosts[0].down = true;
     n.remote(2, 2, 1, ClientOp::Lock { wait: true }, 0, 0, 0, true);
-    assert!(matches!(
-        &n.events(2)[..],
-        [(
-            2,
-            LocalEvent::Reply {
-                req: 1,
-                outcome: Outcome::Failed(_)
-            }
-        )]
-    ));
+    assert!(just_failed(&n.events(2), 2, 1));
     n.hosts[0].down = false;
     n.advance(100);
     n.remote(2, 2, 2, ClientOp::Lock { wait: true }, 0, 0, 0, true);
     assert_eq!(n.events(2), vec![(2, reply(2, Outcome::Blocked))]);
-    let waiting = n.hosts[0]
-        .nlm
-        .lock()
-        .unwrap()
-        .list_locks(n.now())
-        .into_iter()
-        .find(|e| e.host.as_ref().is_some_and(|h| h.1 == n.hosts[2].ip))
-        .unwrap();
+    let waiting = n.entry_of(0, 2);
     // A GRANTED naming exactly that lock, not sent for this wait.
-    let stale = TestArgs {
-        cookie: Netobj::from_slice(b"first-wait").unwrap(),
-        exclusive: true,
-        lock: Lock {
-            caller_name: Name::from_text("10.0.0.1").unwrap(),
-            fh: Netobj::from_slice(&waiting.fh).unwrap(),
-            oh: Netobj::from_slice(&waiting.oh).unwrap(),
-            svid: waiting.svid,
-            offset: waiting.offset,
-            len: waiting.len,
-        },
-    };
-    let server = n.hosts[0].ip;
-    let stat = n.hosts[2]
-        .nlm
-        .lock()
-        .unwrap()
-        .client
-        .granted(server, &stale);
+    let stat = n.granted_naming(0, 2, &waiting, b"first-wait");
     assert_eq!(stat, Stat::DeniedGracePeriod, "taken on its word");
     // The wait's LOCK, asked again at once, is still `blocked`.
     let sent = n.hosts[2].sent;
@@ -937,16 +929,7 @@ fn the_client_side_speaks_the_msg_procedures() {
     n.remote(1, 1, 5, ClientOp::Lock { wait: false }, 0, 40, 5, true);
     assert!(n.events(1).is_empty());
     n.advance(5_100);
-    assert!(matches!(
-        n.events(1).as_slice(),
-        [(
-            1,
-            LocalEvent::Reply {
-                req: 5,
-                outcome: Outcome::Failed(_)
-            }
-        )]
-    ));
+    assert!(just_failed(&n.events(1), 1, 5));
     n.hosts[1].deaf_to_res = false;
     n.advance(100);
     n.remote(2, 2, 3, ClientOp::Lock { wait: false }, 0, 40, 5, true);
