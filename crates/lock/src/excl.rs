@@ -4,15 +4,24 @@
 //! owner's lock, and one owner's segments never overlap), so their ends are
 //! sorted as well and the ones overlapping a range are one run. That needs
 //! no interval tree, only an ordered index, and the index is laid out for
-//! the memory hierarchy: sorted chunks of up to [`SEG_CAP`] segments, each
-//! (start, end, owner, the owner's key) side by side, found through a
-//! directory of the chunks' lower fences which is itself chunked the same
-//! way, twice, under a small B-tree. The directory is 16 bytes per 8 to 16
-//! segments (a megabyte at a million locks, mostly in cache), and a probe
-//! then reads one chunk: one round trip to memory (every line of the chunk
-//! fetched at once) where a treap or a B-tree of small nodes pays one per
-//! level. The answer to a conflict question, the holder's range and key
-//! included, is in the lines already loaded: it needs no lookup in the
+//! the memory hierarchy: sorted chunks of up to [`SEG_CAP`] segments, found
+//! through a directory of the chunks' lower fences which is itself chunked
+//! the same way, twice, under a small B-tree. The directory is about 13
+//! bytes per 7 to 15 segments (a megabyte or two at a million locks, in
+//! L2 or L3), where a treap or a B-tree of small nodes would pay a trip to
+//! memory per level.
+//!
+//! In a chunk the starts come first, beside the count, in two cache lines;
+//! each start's tail (end, owner and the owner's key) is in the lines after
+//! them. A probe of a table far larger than the caches reads the two lines
+//! of starts and the line or two of the tail it wants, not the fifteen
+//! lines of a chunk of (start, tail) pairs: on this kind of machine every
+//! line fetched from memory costs, even fetched side by side. Which tail
+//! it wants is known only once the starts have arrived, so a probe guesses
+//! it first from the fences around the chunk (see `Chunk::touch_guess`)
+//! and asks for it together with the starts: one round trip when the guess
+//! is right. The answer to a conflict question, the holder's range and key
+//! included, is then in lines already loaded: it needs no lookup in the
 //! owner table, which would be another trip to memory.
 //!
 //! Cost: insert, remove and a probe are O(log n) in the B-tree plus
@@ -24,15 +33,18 @@ use crate::owner::Who;
 use crate::types::OwnerId;
 
 /// Entries per chunk of the directory level over the segment chunks (a
-/// fence and a chunk id each): the level a probe at a million locks finds
-/// in L2 or L3 rather than L1, so a probe reads four of its lines.
-const FENCE_CAP: usize = 16;
-/// Entries per chunk of the level above it, which stays in L1 or L2.
-const DIR_CAP: usize = 32;
-/// Segments per chunk: each is 56 bytes with its owner's key, and a probe
-/// fetches every line of its chunk at once, about as many as a core keeps
-/// in flight.
-const SEG_CAP: usize = 16;
+/// fence and a chunk id each): with the count, its keys fill two lines.
+const FENCE_CAP: usize = 15;
+/// Entries per chunk of the level above it, which stays in L1 or L2: four
+/// lines of count and keys.
+const DIR_CAP: usize = 31;
+/// Segments per chunk: with the count, the starts fill two lines; a probe
+/// then reads the one 48-byte tail (end, owner, owner's key) it wants.
+const SEG_CAP: usize = 15;
+/// Segments in an index from which a probe guesses where its tail is (see
+/// `Chunk::touch_guess`): about 2 MB of chunks, a core's L2. Below that
+/// they are mostly in cache and a guess saves nothing.
+const GUESS_FROM: usize = 1 << 15;
 
 /// A held segment as the conflict questions report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +60,11 @@ pub(crate) struct Seg {
 trait Dir: Default {
     /// The entry with the greatest key `<= key`.
     fn pred(&self, key: u64) -> Option<(u64, u32)>;
+    /// As [`Dir::pred`], with the next key when it comes at no extra cost
+    /// (it is in the lines already read).
+    fn pred_next(&self, key: u64) -> Option<(u64, u32, Option<u64>)> {
+        self.pred(key).map(|(k, v)| (k, v, None))
+    }
     /// The entry with the greatest key `< key`.
     fn pred_below(&self, key: u64) -> Option<(u64, u32)>;
     /// The entry with the least key `> key`.
@@ -84,46 +101,100 @@ impl Dir for BTreeMap<u64, u32> {
     }
 }
 
+/// Up to `CAP` entries in key order, the keys apart from the values, with
+/// the count in front of the keys and the chunk aligned to cache lines:
+/// finding an entry reads the lines of the count and keys (two, for 15
+/// keys) and then the line or two of the one value it wants. A chunk of
+/// (key, value) pairs would have every one of its lines fetched, and on a
+/// table far larger than the caches each line is a fetch from memory: they
+/// cost by the line, not only by the round trip.
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 struct Chunk<V, const CAP: usize> {
     len: usize,
-    e: [(u64, V); CAP],
+    keys: [u64; CAP],
+    vals: [V; CAP],
 }
 
 impl<V: Copy + Default, const CAP: usize> Chunk<V, CAP> {
     fn new() -> Chunk<V, CAP> {
         Chunk {
             len: 0,
-            e: [(0, V::default()); CAP],
+            keys: [0; CAP],
+            vals: [V::default(); CAP],
         }
     }
 
     /// How many keys are `<= at` (a branch-free count whose loads are
-    /// independent: every line of the chunk is fetched at once).
+    /// independent of each other).
     fn rank(&self, at: u64) -> usize {
-        self.e[..self.len]
+        self.keys[..self.len]
             .iter()
-            .map(|x| usize::from(x.0 <= at))
+            .map(|&k| usize::from(k <= at))
             .sum()
     }
 
     fn key(&self, i: usize) -> u64 {
-        self.e[i].0
+        self.keys[i]
+    }
+
+    /// Reads the value of the last entry at or before `at` as it would be
+    /// placed if the chunk held `fill` entries (the level's average) evenly
+    /// spread between its fence `lo` and the next fence `hi`, before the
+    /// keys that tell where it is have arrived. When the guess is right
+    /// (locks of one size side by side, as the records of a file are) the
+    /// value's lines come in the same round trip to memory as the keys,
+    /// not in a second one after them. A wrong guess costs a line or two
+    /// read for nothing; nothing depends on the value read.
+    fn touch_guess(&self, lo: u64, hi: Option<u64>, at: u64, fill: f64) {
+        let Some(hi) = hi else { return };
+        if hi <= lo || at < lo {
+            return;
+        }
+        // Floating point: a guess needs no exactness, and a u64 division
+        // would take longer than the read it starts.
+        let p = ((at - lo) as f64 / (hi - lo) as f64 * fill + 0.5) as usize;
+        std::hint::black_box(self.vals[p.min(CAP - 1)]);
+    }
+
+    fn entry(&self, i: usize) -> (u64, V) {
+        (self.keys[i], self.vals[i])
     }
 
     fn insert_at(&mut self, i: usize, key: u64, v: V) {
         let n = self.len;
-        self.e.copy_within(i..n, i + 1);
-        self.e[i] = (key, v);
+        self.keys.copy_within(i..n, i + 1);
+        self.vals.copy_within(i..n, i + 1);
+        self.keys[i] = key;
+        self.vals[i] = v;
         self.len += 1;
     }
 
     fn remove_at(&mut self, i: usize) -> V {
-        let v = self.e[i].1;
+        let v = self.vals[i];
         let n = self.len;
-        self.e.copy_within(i + 1..n, i);
+        self.keys.copy_within(i + 1..n, i);
+        self.vals.copy_within(i + 1..n, i);
         self.len -= 1;
         v
+    }
+
+    /// Appends the first `n` entries of `from`; they must all be greater
+    /// than the keys here and fit.
+    fn append(&mut self, from: &Self, n: usize) {
+        let at = self.len;
+        self.keys[at..at + n].copy_from_slice(&from.keys[..n]);
+        self.vals[at..at + n].copy_from_slice(&from.vals[..n]);
+        self.len += n;
+    }
+
+    /// Moves the entries from index `n` on into `to`, which must be empty.
+    fn split_into(&mut self, n: usize, to: &mut Self) {
+        let m = self.len - n;
+        to.keys[..m].copy_from_slice(&self.keys[n..self.len]);
+        to.vals[..m].copy_from_slice(&self.vals[n..self.len]);
+        to.len = m;
+        self.len = n;
     }
 }
 
@@ -162,11 +233,16 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
                 id
             }
             None => {
-                if self.chunks.capacity() == 0 {
+                let n = self.chunks.len();
+                if n == self.chunks.capacity() {
                     // One chunk to begin with, not the four a first push
                     // reserves: most files hold a few locks, and a single
                     // chunk is a small allocation, a four-chunk one is not.
-                    self.chunks.reserve_exact(1);
+                    // Then a quarter more at a time, not twice as many:
+                    // at a million locks a doubling can leave 50 MB
+                    // reserved and unused, and growing a large block is a
+                    // remapping, not a copy.
+                    self.chunks.reserve_exact((n / 4).max(1));
                 }
                 self.chunks.push(Chunk::new());
                 // Chunk counts stay far below 2^32: a chunk holds entries
@@ -182,6 +258,37 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
 
     fn chunk_mut(&mut self, id: u32) -> &mut Chunk<V, CAP> {
         &mut self.chunks[id as usize]
+    }
+
+    /// The chunk where `key` belongs, with the line of its value asked for
+    /// by a guess (see [`Chunk::touch_guess`]) when the level is too large
+    /// for the caches.
+    fn chunk_of(&self, key: u64) -> Option<&Chunk<V, CAP>> {
+        if self.len < GUESS_FROM {
+            return Some(self.chunk(self.dir.pred(key)?.1));
+        }
+        let (fence, id, next) = self.dir.pred_next(key)?;
+        let c = self.chunk(id);
+        c.touch_guess(fence, next, key, self.fill());
+        Some(c)
+    }
+
+    /// Entries per chunk in use, on average.
+    fn fill(&self) -> f64 {
+        let live = self.chunks.len() - self.free.len();
+        self.len as f64 / live.max(1) as f64
+    }
+
+    /// Two distinct chunks at once.
+    fn pair_mut(&mut self, a: u32, b: u32) -> (&mut Chunk<V, CAP>, &mut Chunk<V, CAP>) {
+        let (a, b) = (a as usize, b as usize);
+        if a < b {
+            let (lo, hi) = self.chunks.split_at_mut(b);
+            (&mut lo[a], &mut hi[0])
+        } else {
+            let (lo, hi) = self.chunks.split_at_mut(a);
+            (&mut hi[0], &mut lo[b])
+        }
     }
 
     fn bytes(&self) -> usize {
@@ -213,11 +320,8 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
             key
         } else {
             let half = CAP / 2;
-            let upper: Vec<(u64, V)> = self.chunk(id).e[half..CAP].to_vec();
-            self.chunk_mut(id).len = half;
-            let n = self.chunk_mut(nid);
-            n.e[..upper.len()].copy_from_slice(&upper);
-            n.len = upper.len();
+            let (c, n) = self.pair_mut(id, nid);
+            c.split_into(half, n);
             let fence = n.key(0);
             if key < fence {
                 self.chunk_mut(id).insert_at(i, key, v);
@@ -269,9 +373,7 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
             if here + rlen <= CAP / 2 || (here == 0 && fence == 0) {
                 self.dir.remove(rk);
                 let r = *self.chunk(rid);
-                let c = self.chunk_mut(id);
-                c.e[here..here + rlen].copy_from_slice(&r.e[..rlen]);
-                c.len += rlen;
+                self.chunk_mut(id).append(&r, rlen);
                 self.free.push(rid);
                 return;
             }
@@ -281,9 +383,7 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
             if here + llen <= CAP / 2 || here == 0 {
                 self.dir.remove(fence);
                 let c = *self.chunk(id);
-                let l = self.chunk_mut(lid);
-                l.e[llen..llen + here].copy_from_slice(&c.e[..here]);
-                l.len += here;
+                self.chunk_mut(lid).append(&c, here);
                 self.free.push(id);
             }
         }
@@ -295,11 +395,24 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
         let c = self.chunk(id);
         let i = c.rank(key);
         if i > 0 {
-            return Some(c.e[i - 1]);
+            return Some(c.entry(i - 1));
         }
         let (_, pid) = self.dir.pred_below(fence)?;
         let p = self.chunk(pid);
-        p.len.checked_sub(1).map(|j| p.e[j])
+        p.len.checked_sub(1).map(|j| p.entry(j))
+    }
+
+    /// As [`Level::pred_entry`], with the next key when it is in the same
+    /// chunk.
+    fn pred_entry_next(&self, key: u64) -> Option<(u64, V, Option<u64>)> {
+        let (_, id) = self.dir.pred(key)?;
+        let c = self.chunk(id);
+        let i = c.rank(key);
+        if i == 0 {
+            return self.pred_entry(key).map(|(k, v)| (k, v, None));
+        }
+        let (k, v) = c.entry(i - 1);
+        Some((k, v, (i < c.len).then(|| c.key(i))))
     }
 
     /// The entry with the least key `> key`.
@@ -309,7 +422,7 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
                 let c = self.chunk(id);
                 let i = c.rank(key);
                 if i < c.len {
-                    return Some(c.e[i]);
+                    return Some(c.entry(i));
                 }
                 self.dir.succ_above(fence)
             }
@@ -317,7 +430,7 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
         };
         let (_, nid) = next?;
         let n = self.chunk(nid);
-        (n.len > 0).then(|| n.e[0])
+        (n.len > 0).then(|| n.entry(0))
     }
 }
 
@@ -325,6 +438,9 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
 impl<D: Dir, const CAP: usize> Dir for Level<u32, D, CAP> {
     fn pred(&self, key: u64) -> Option<(u64, u32)> {
         self.pred_entry(key)
+    }
+    fn pred_next(&self, key: u64) -> Option<(u64, u32, Option<u64>)> {
+        self.pred_entry_next(key)
     }
     fn pred_below(&self, key: u64) -> Option<(u64, u32)> {
         self.pred_entry(key.checked_sub(1)?)
@@ -346,6 +462,14 @@ impl<D: Dir, const CAP: usize> Dir for Level<u32, D, CAP> {
     }
     fn bytes(&self) -> usize {
         Level::bytes(self)
+    }
+}
+
+impl Chunk<Tail, SEG_CAP> {
+    /// Reads every line of the values (a value is shorter than a line, so
+    /// each line holds the start of one).
+    fn touch_values(&self) {
+        std::hint::black_box(self.vals.iter().fold(0, |a, t| a ^ t.end));
     }
 }
 
@@ -395,7 +519,8 @@ fn scan(
     e: u64,
     f: &mut impl FnMut(Seg) -> bool,
 ) -> Option<bool> {
-    for &x in &c.e[i.min(c.len)..c.len] {
+    for j in i.min(c.len)..c.len {
+        let x = c.entry(j);
         if x.0 > e {
             return Some(true);
         }
@@ -466,10 +591,9 @@ impl ExclIndex {
     /// owner apart from the asker without looking the asker up.
     pub fn first_candidate(&self, s: u64, e: u64) -> Option<(Seg, Who)> {
         let l = &self.segs;
-        let (_, id) = l.dir.pred(e)?;
-        let c = l.chunk(id);
+        let c = l.chunk_of(e)?;
         let i = c.rank(e).checked_sub(1)?;
-        let x = c.e[i];
+        let x = c.entry(i);
         (x.1.end >= s).then(|| (seg(x), x.1.who))
     }
 
@@ -479,12 +603,17 @@ impl ExclIndex {
     /// too); the general walk covers runs that leave the chunk.
     pub fn other_than(&self, owner: OwnerId, s: u64, e: u64) -> Option<Seg> {
         let l = &self.segs;
-        let (_, id) = l.dir.pred(e)?;
-        let c = l.chunk(id);
+        let c = l.chunk(l.dir.pred(e)?.1);
+        if l.len >= GUESS_FROM {
+            // A LOCK checks for conflicts here and then inserts into this
+            // chunk, moving the values after its own: every line of them
+            // comes in the same round trip as the keys.
+            c.touch_values();
+        }
         let mut i = c.rank(e);
         while i > 0 {
             i -= 1;
-            let x = c.e[i];
+            let x = c.entry(i);
             if x.1.end < s {
                 // Everything before ends before `s` as well.
                 return None;
@@ -627,6 +756,72 @@ mod tests {
             x.remove(3 * k);
         }
         check(&x, &BTreeMap::new());
+    }
+
+    /// Probes of an index past `GUESS_FROM`, where they guess where their
+    /// entry is, against a model: evenly spaced segments (the guesses hit)
+    /// and then, after removals and inserts in a scrambled order, uneven
+    /// chunks (they miss); the answers must not depend on either.
+    #[test]
+    fn probes_agree_with_a_model_past_the_guessing_size() {
+        let mut x = ExclIndex::default();
+        let mut model = BTreeMap::new();
+        let n = GUESS_FROM as u64 + 5_000;
+        let owner = |k: u64| OwnerId((k % 3) as u32);
+        for k in 0..n {
+            x.insert(4 * k, 4 * k + 1, owner(k), Who::default());
+            model.insert(4 * k, 4 * k + 1);
+        }
+        let probe = |x: &ExclIndex, model: &BTreeMap<u64, u64>| {
+            let mut answered = 0;
+            for j in 0..5_000u64 {
+                let s = (j * 7_919) % (4 * n + 8);
+                for e in [s, s + 1, s + 2, s + 9, u64::MAX] {
+                    let last = model.range(..=e).next_back();
+                    let want = last.filter(|(_, &end)| end >= s).map(|(&a, &b)| (a, b));
+                    // It may say nothing when that segment is in an
+                    // earlier chunk (its caller then searches), never
+                    // something else.
+                    let got = x.first_candidate(s, e).map(|(g, _)| (g.start, g.end));
+                    if got.is_some() || want.is_none() {
+                        assert_eq!(got, want, "first_candidate({s}, {e})");
+                        answered += 1;
+                    }
+                    for o in 0..3u32 {
+                        let got = x.other_than(OwnerId(o), s, e);
+                        let any = model
+                            .range(..=e)
+                            .rev()
+                            .take_while(|(_, &end)| end >= s)
+                            .any(|(&a, _)| owner(a / 4) != OwnerId(o));
+                        assert_eq!(got.is_some(), any, "other_than({o}, {s}, {e})");
+                        if let Some(g) = got {
+                            assert_eq!(model.get(&g.start), Some(&g.end));
+                            assert!(g.start <= e && g.end >= s && g.owner != OwnerId(o));
+                        }
+                    }
+                }
+            }
+            // Nearly every probe is answered from its own chunk.
+            assert!(answered > 5_000 * 5 * 9 / 10, "{answered}");
+        };
+        assert!(x.segs.len >= GUESS_FROM);
+        probe(&x, &model);
+        for j in 0..n / 2 {
+            let k = (j * 104_729) % n;
+            if model.remove(&(4 * k)).is_some() {
+                assert!(x.remove(4 * k));
+            }
+            // Segments of other lengths in the gaps.
+            let k = (j * 7_919 + 3) % n;
+            if let std::collections::btree_map::Entry::Vacant(v) = model.entry(4 * k + 2) {
+                v.insert(4 * k + 2 + (j % 2));
+                x.insert(4 * k + 2, 4 * k + 2 + (j % 2), owner(k), Who::default());
+            }
+        }
+        assert!(x.segs.len >= GUESS_FROM);
+        check(&x, &model);
+        probe(&x, &model);
     }
 
     #[test]
