@@ -75,6 +75,10 @@ pub struct Engine {
     /// over and over then costs no allocation and no map update per lock.
     /// At most [`IDLE_FILES_MAX`]; an empty file is invisible otherwise.
     idle_files: VecDeque<FileId>,
+    /// States of forgotten files, empty and with small arenas, for the
+    /// next new file to take rather than allocate its own: at most
+    /// [`SPARE_FILES_MAX`].
+    spare_files: Vec<FileState>,
     /// Every blocked request: its file and its slot in that file's waiter
     /// tree.
     pub(crate) waiters: IdMap<RequestId, (FileId, u32)>,
@@ -101,6 +105,7 @@ impl Engine {
             files: Vec::new(),
             free_files: Vec::new(),
             idle_files: VecDeque::new(),
+            spare_files: Vec::new(),
             waiters: IdMap::default(),
             next_seq: 0,
             next_engine_id: RequestId::ENGINE_BASE,
@@ -624,7 +629,13 @@ impl Engine {
         if let Some(&fid) = self.file_ids.get(key) {
             return fid;
         }
-        let state = FileState::new(key.clone());
+        let state = match self.spare_files.pop() {
+            Some(mut f) => {
+                f.key = key.clone();
+                f
+            }
+            None => FileState::new(key.clone()),
+        };
         let fid = match self.free_files.pop() {
             Some(i) => {
                 self.files[i as usize] = Some(state);
@@ -690,6 +701,11 @@ impl Engine {
                 if let Some(f) = self.files[old.0 as usize].take() {
                     self.file_ids.remove(&f.key);
                     self.free_files.push(old.0);
+                    if self.spare_files.len() < SPARE_FILES_MAX
+                        && f.arena_bytes() <= SPARE_ARENA_MAX
+                    {
+                        self.spare_files.push(f);
+                    }
                 }
             }
         }
@@ -701,13 +717,18 @@ impl Engine {
         self.files
             .iter()
             .flatten()
-            .map(|f| f.holders.capacity_bytes() + f.excl.bytes() + f.waiters.capacity_bytes())
+            .map(FileState::arena_bytes)
             .sum()
     }
 }
 
 /// How many empty files stay live for reuse (see `Engine::idle_files`).
 const IDLE_FILES_MAX: usize = 256;
+/// How many states of forgotten files are kept for new files (see
+/// `Engine::spare_files`), and the largest arenas such a state may keep: a
+/// file that held many locks gives its memory back instead.
+const SPARE_FILES_MAX: usize = 64;
+const SPARE_ARENA_MAX: usize = 16 << 10;
 
 pub(crate) fn reply<T>(answer: T, events: Vec<Event>) -> Reply<T> {
     Reply { answer, events }

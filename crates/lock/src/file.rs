@@ -140,6 +140,11 @@ impl FileState {
         }
     }
 
+    /// Heap bytes of the segment and waiter tables.
+    pub fn arena_bytes(&self) -> usize {
+        self.holders.capacity_bytes() + self.excl.bytes() + self.waiters.capacity_bytes()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.holders.is_empty()
             && self.waiters.is_empty()

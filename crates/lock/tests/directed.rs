@@ -869,3 +869,71 @@ fn held_since_counts_from_the_first_hold_or_the_grant() {
     assert_eq!(at(&mut e, &o1, rg(50, 50), 400), LockAnswer::Granted);
     assert_eq!(e.held_since(&f, &o1), Some(400), "a new hold starts over");
 }
+
+/// Files that emptied and were forgotten (past the idle files kept) lend
+/// their states to new files: a new file starts with nothing of the old
+/// one's locks, waiters or shares, and behaves as a file never seen.
+#[test]
+fn a_new_file_on_a_forgotten_files_state_starts_empty() {
+    fn req<'a>(f: &'a FileKey, o: &'a Owner, r: Range, m: Mode, block: bool) -> LockRequest<'a> {
+        LockRequest {
+            file: f,
+            owner: o,
+            range: r,
+            mode: m,
+            block,
+            reclaim: false,
+            id: None,
+        }
+    }
+    let mut e = Engine::new(Limits::default());
+    let rw = Share {
+        access: ShareBits::from_wire(3).unwrap(),
+        deny: ShareBits::from_wire(3).unwrap(),
+    };
+    for i in 0..1_000u32 {
+        let f = FileKey::new(format!("old{i}").as_bytes());
+        let r = e.lock(&req(&f, &own(1), rg(0, 9), X, false), 0).unwrap();
+        assert_eq!(r.answer, LockAnswer::Granted);
+        let r = e.lock(&req(&f, &own(2), rg(20, 29), S, false), 0).unwrap();
+        assert_eq!(r.answer, LockAnswer::Granted);
+        let LockAnswer::Blocked(id) = e
+            .lock(&req(&f, &own(4), rg(5, 25), X, true), 0)
+            .unwrap()
+            .answer
+        else {
+            panic!("not blocked");
+        };
+        assert_eq!(
+            e.share(&f, &own(1), rw, false, 0).unwrap().answer,
+            ShareAnswer::Granted
+        );
+        assert!(e.cancel(id).answer);
+        assert!(e.unshare(&f, &own(1)).answer);
+        assert!(e.unlock(&f, &own(1), rg(0, 9)).unwrap().events.is_empty());
+        assert!(e.unlock(&f, &own(2), rg(20, 29)).unwrap().events.is_empty());
+    }
+    let st = e.stats();
+    assert_eq!((st.segments, st.waiters, st.shares), (0, 0, 0));
+    for i in 0..300u32 {
+        let f = FileKey::new(format!("new{i}").as_bytes());
+        assert_eq!(e.test(&f, &own(3), Range::ALL, X), TestAnswer::Free);
+        assert!(e.shares_on(&f).is_empty());
+        assert_eq!(
+            e.share(&f, &own(3), rw, false, 0).unwrap().answer,
+            ShareAnswer::Granted
+        );
+        let r = e.lock(&req(&f, &own(3), rg(7, 7), X, false), 0).unwrap();
+        assert_eq!(r.answer, LockAnswer::Granted);
+        assert!(r.events.is_empty());
+        match e.test(&f, &own(5), Range::ALL, S) {
+            TestAnswer::Conflict(h) => {
+                assert_eq!((h.owner, h.mode, h.range), (own(3), X, rg(7, 7)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.shares_on(&f), vec![(own(3), rw)]);
+    }
+    let st = e.stats();
+    assert_eq!((st.segments, st.waiters, st.shares), (300, 0, 300));
+}
