@@ -6,9 +6,9 @@
 //! no interval tree, only an ordered index, and the index is laid out for
 //! the memory hierarchy: sorted chunks of up to [`SEG_CAP`] segments, found
 //! through a directory of the chunks' lower fences which is itself chunked
-//! the same way, twice, under a small B-tree. The directory is about 13
-//! bytes per 7 to 15 segments (a megabyte or two at a million locks, in
-//! L2 or L3), where a treap or a B-tree of small nodes would pay a trip to
+//! the same way, twice, under a small B-tree. The directory is 16 bytes
+//! per 8 to 16 segments (one or two megabytes at a million locks, in L2 or
+//! L3), where a treap or a B-tree of small nodes would pay a trip to
 //! memory per level.
 //!
 //! In a chunk the starts come first, in two cache lines, then the count;
