@@ -26,9 +26,20 @@ fn rg(s: u64, e: u64) -> Range {
 }
 
 fn lock(e: &mut Engine, o: u32, r: Range, m: Mode, block: bool) -> (LockAnswer, Vec<Event>) {
-    let (f, ow) = (fk(), own(o));
+    lock_on(e, &fk(), o, r, m, block)
+}
+
+fn lock_on(
+    e: &mut Engine,
+    f: &FileKey,
+    o: u32,
+    r: Range,
+    m: Mode,
+    block: bool,
+) -> (LockAnswer, Vec<Event>) {
+    let ow = own(o);
     let req = LockRequest {
-        file: &f,
+        file: f,
         owner: &ow,
         range: r,
         mode: m,
@@ -875,17 +886,6 @@ fn held_since_counts_from_the_first_hold_or_the_grant() {
 /// one's locks, waiters or shares, and behaves as a file never seen.
 #[test]
 fn a_new_file_on_a_forgotten_files_state_starts_empty() {
-    fn req<'a>(f: &'a FileKey, o: &'a Owner, r: Range, m: Mode, block: bool) -> LockRequest<'a> {
-        LockRequest {
-            file: f,
-            owner: o,
-            range: r,
-            mode: m,
-            block,
-            reclaim: false,
-            id: None,
-        }
-    }
     let mut e = Engine::new(Limits::default());
     let rw = Share {
         access: ShareBits::from_wire(3).unwrap(),
@@ -893,15 +893,15 @@ fn a_new_file_on_a_forgotten_files_state_starts_empty() {
     };
     for i in 0..1_000u32 {
         let f = FileKey::new(format!("old{i}").as_bytes());
-        let r = e.lock(&req(&f, &own(1), rg(0, 9), X, false), 0).unwrap();
-        assert_eq!(r.answer, LockAnswer::Granted);
-        let r = e.lock(&req(&f, &own(2), rg(20, 29), S, false), 0).unwrap();
-        assert_eq!(r.answer, LockAnswer::Granted);
-        let LockAnswer::Blocked(id) = e
-            .lock(&req(&f, &own(4), rg(5, 25), X, true), 0)
-            .unwrap()
-            .answer
-        else {
+        assert_eq!(
+            lock_on(&mut e, &f, 1, rg(0, 9), X, false).0,
+            LockAnswer::Granted
+        );
+        assert_eq!(
+            lock_on(&mut e, &f, 2, rg(20, 29), S, false).0,
+            LockAnswer::Granted
+        );
+        let (LockAnswer::Blocked(id), _) = lock_on(&mut e, &f, 4, rg(5, 25), X, true) else {
             panic!("not blocked");
         };
         assert_eq!(
@@ -923,9 +923,9 @@ fn a_new_file_on_a_forgotten_files_state_starts_empty() {
             e.share(&f, &own(3), rw, false, 0).unwrap().answer,
             ShareAnswer::Granted
         );
-        let r = e.lock(&req(&f, &own(3), rg(7, 7), X, false), 0).unwrap();
-        assert_eq!(r.answer, LockAnswer::Granted);
-        assert!(r.events.is_empty());
+        let (answer, events) = lock_on(&mut e, &f, 3, rg(7, 7), X, false);
+        assert_eq!(answer, LockAnswer::Granted);
+        assert!(events.is_empty());
         match e.test(&f, &own(5), Range::ALL, S) {
             TestAnswer::Conflict(h) => {
                 assert_eq!((h.owner, h.mode, h.range), (own(3), X, rg(7, 7)))
