@@ -20,6 +20,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Large blocks (a big lock table's index) on huge pages: see `latch_alloc`.
+#[global_allocator]
+static ALLOC: latch_alloc::HugePages = latch_alloc::HugePages::new();
+
 #[derive(Parser, Debug)]
 #[command(version, about = "Latch: a network lock manager (NLM + NSM)")]
 struct Args {

@@ -19,6 +19,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kernel::KFile;
 use latch_lock::{Engine, FileKey, HostId, Limits, LockAnswer, LockRequest, Mode, Owner, Range};
 
+/// The allocator latchd runs with: large blocks on huge pages.
+#[global_allocator]
+static ALLOC: latch_alloc::HugePages = latch_alloc::HugePages::new();
+
 fn owner(i: u64) -> Owner {
     Owner::new(HostId(i % 64), i as u32, &i.to_le_bytes())
 }
@@ -136,7 +140,11 @@ fn held(c: &mut Criterion) {
     for n in [1_000u64, 10_000, 100_000, 1_000_000] {
         let t = Instant::now();
         let (mut e, f) = build_ours(n);
-        eprintln!("ours: {n} locks built in {:?}", t.elapsed());
+        eprintln!(
+            "ours: {n} locks built in {:?} ({})",
+            t.elapsed(),
+            huge_pages()
+        );
         let me = owner(u64::MAX);
         let mut k = 0u64;
         g.bench_function(BenchmarkId::new("ours/lock_unlock_fresh", n), |b| {
@@ -204,49 +212,84 @@ fn held(c: &mut Criterion) {
 /// on a shared host drifts by half over minutes, and criterion's groups run
 /// one size after the other, so their ratio mixes two machines. Each round
 /// times a slice at each size; the ratio reported is the median of the
-/// rounds' ratios (and each size's median cost). Printed, as criterion has
-/// no place for a ratio.
+/// rounds' ratios (and each size's median cost). A third table of 1M locks
+/// is built with huge pages off (see `latch_alloc`), so the same rounds
+/// give what they are worth. Printed, as criterion has no place for a
+/// ratio.
 fn test_ratio(_c: &mut Criterion) {
     const ROUNDS: usize = 41;
     const SLICE: u64 = 20_000;
-    let sizes = [1_000u64, 1_000_000];
+    let sizes = [(1_000u64, true), (1_000_000, true), (1_000_000, false)];
     let built: Vec<(Engine, FileKey, u64)> = sizes
         .iter()
-        .map(|&n| {
+        .map(|&(n, huge)| {
+            ALLOC.set_advise(huge);
             let (e, f) = build_ours(n);
+            ALLOC.set_advise(true);
             (e, f, n)
         })
         .collect();
+    eprintln!("{}", huge_pages());
     let me = owner(u64::MAX);
-    let mut per = vec![Vec::with_capacity(ROUNDS); sizes.len()];
-    let mut ratios = Vec::with_capacity(ROUNDS);
+    let mut per = vec![Vec::new(); sizes.len()];
+    let mut ratios = vec![Vec::new(); 3];
     let mut k = 0u64;
-    for _ in 0..ROUNDS {
-        let mut ns = Vec::with_capacity(sizes.len());
-        for (e, f, n) in &built {
+    for round in 0..ROUNDS {
+        let mut ns = [0f64; 3];
+        // The two large tables take turns going first.
+        let order = if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
+        for i in order {
+            let (e, f, n) = &built[i];
             let t = Instant::now();
             for _ in 0..SLICE {
                 k = (k + 7919) % n;
                 black_box(e.test(f, &me, one(2 * k), Mode::Exclusive));
             }
-            ns.push(t.elapsed().as_nanos() as f64 / SLICE as f64);
+            ns[i] = t.elapsed().as_nanos() as f64 / SLICE as f64;
         }
         for (v, x) in per.iter_mut().zip(&ns) {
             v.push(*x);
         }
-        ratios.push(ns[1] / ns[0]);
+        ratios[0].push(ns[1] / ns[0]);
+        ratios[1].push(ns[2] / ns[0]);
+        ratios[2].push(ns[1] / ns[2]);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (a, b) = (median(&mut per[0]), median(&mut per[1]));
-    let r = median(&mut ratios);
-    let (lo, hi) = (ratios[ROUNDS / 10], ratios[ROUNDS - 1 - ROUNDS / 10]);
+    let m: Vec<f64> = per.iter_mut().map(median).collect();
+    let spread = |v: &mut Vec<f64>| {
+        let r = median(v);
+        format!(
+            "{r:.2} (10th..90th percentile {:.2}..{:.2})",
+            v[ROUNDS / 10],
+            v[ROUNDS - 1 - ROUNDS / 10]
+        )
+    };
     eprintln!(
-        "test_conflict interleaved, {ROUNDS} rounds: 1k {a:.1} ns, 1M {b:.1} ns; \
-         ratio 1M/1k median {r:.2} (10th..90th percentile {lo:.2}..{hi:.2})"
+        "test_conflict interleaved, {ROUNDS} rounds: 1k {:.1} ns, 1M {:.1} ns, \
+         1M on 4 kB pages {:.1} ns; ratio 1M/1k median {}; on 4 kB pages {}; \
+         huge pages / 4 kB pages at 1M {}",
+        m[0],
+        m[1],
+        m[2],
+        spread(&mut ratios[0]),
+        spread(&mut ratios[1]),
+        spread(&mut ratios[2]),
     );
+}
+
+/// The process's memory on transparent huge pages, from the kernel.
+fn huge_pages() -> String {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("AnonHugePages:"))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_else(|| "AnonHugePages: unknown".into())
 }
 
 fn deadlock(c: &mut Criterion) {
