@@ -212,72 +212,71 @@ fn held(c: &mut Criterion) {
 /// on a shared host drifts by half over minutes, and criterion's groups run
 /// one size after the other, so their ratio mixes two machines. Each round
 /// times a slice at each size; the ratio reported is the median of the
-/// rounds' ratios (and each size's median cost). A third table of 1M locks
-/// is built with huge pages off (see `latch_alloc`), so the same rounds
-/// give what they are worth. Printed, as criterion has no place for a
+/// rounds' ratios (and each size's median cost). Then the 1M table takes
+/// turns with one built on 4 kB pages (huge pages off, see `latch_alloc`),
+/// for what huge pages are worth. Printed, as criterion has no place for a
 /// ratio.
 fn test_ratio(_c: &mut Criterion) {
-    const ROUNDS: usize = 41;
-    const SLICE: u64 = 20_000;
-    let sizes = [(1_000u64, true), (1_000_000, true), (1_000_000, false)];
-    let built: Vec<(Engine, FileKey, u64)> = sizes
-        .iter()
-        .map(|&(n, huge)| {
-            ALLOC.set_advise(huge);
-            let (e, f) = build_ours(n);
-            ALLOC.set_advise(true);
-            (e, f, n)
-        })
-        .collect();
+    let built = |n: u64, huge: bool| {
+        ALLOC.set_advise(huge);
+        let (e, f) = build_ours(n);
+        ALLOC.set_advise(true);
+        (e, f, n)
+    };
+    let small = built(1_000, true);
+    let large = built(1_000_000, true);
     eprintln!("{}", huge_pages());
+    let (a, b, r) = alternate(&small, &large);
+    eprintln!("test_conflict interleaved, {ROUNDS} rounds: 1k {a:.1} ns, 1M {b:.1} ns; ratio 1M/1k median {r}");
+    let small_pages = built(1_000_000, false);
+    let (a, b, r) = alternate(&small_pages, &large);
+    eprintln!(
+        "test_conflict at 1M interleaved, {ROUNDS} rounds: 4 kB pages {a:.1} ns, huge pages {b:.1} ns; \
+         ratio huge/4 kB median {r}"
+    );
+}
+
+const ROUNDS: usize = 41;
+
+/// TEST on two tables in alternating slices, each round starting with the
+/// other one: the median cost of each and the median ratio of the second
+/// to the first, with its spread.
+fn alternate(x: &(Engine, FileKey, u64), y: &(Engine, FileKey, u64)) -> (f64, f64, String) {
+    const SLICE: u64 = 20_000;
     let me = owner(u64::MAX);
-    let mut per = vec![Vec::new(); sizes.len()];
-    let mut ratios = vec![Vec::new(); 3];
     let mut k = 0u64;
+    let mut slice = |(e, f, n): &(Engine, FileKey, u64)| {
+        let t = Instant::now();
+        for _ in 0..SLICE {
+            k = (k + 7919) % n;
+            black_box(e.test(f, &me, one(2 * k), Mode::Exclusive));
+        }
+        t.elapsed().as_nanos() as f64 / SLICE as f64
+    };
+    let (mut xs, mut ys, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let mut ns = [0f64; 3];
-        // The two large tables take turns going first.
-        let order = if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
-        for i in order {
-            let (e, f, n) = &built[i];
-            let t = Instant::now();
-            for _ in 0..SLICE {
-                k = (k + 7919) % n;
-                black_box(e.test(f, &me, one(2 * k), Mode::Exclusive));
-            }
-            ns[i] = t.elapsed().as_nanos() as f64 / SLICE as f64;
-        }
-        for (v, x) in per.iter_mut().zip(&ns) {
-            v.push(*x);
-        }
-        ratios[0].push(ns[1] / ns[0]);
-        ratios[1].push(ns[2] / ns[0]);
-        ratios[2].push(ns[1] / ns[2]);
+        let (a, b) = if round % 2 == 0 {
+            let a = slice(x);
+            (a, slice(y))
+        } else {
+            let b = slice(y);
+            (slice(x), b)
+        };
+        xs.push(a);
+        ys.push(b);
+        ratios.push(b / a);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let m: Vec<f64> = per.iter_mut().map(median).collect();
-    let spread = |v: &mut Vec<f64>| {
-        let r = median(v);
-        format!(
-            "{r:.2} (10th..90th percentile {:.2}..{:.2})",
-            v[ROUNDS / 10],
-            v[ROUNDS - 1 - ROUNDS / 10]
-        )
-    };
-    eprintln!(
-        "test_conflict interleaved, {ROUNDS} rounds: 1k {:.1} ns, 1M {:.1} ns, \
-         1M on 4 kB pages {:.1} ns; ratio 1M/1k median {}; on 4 kB pages {}; \
-         huge pages / 4 kB pages at 1M {}",
-        m[0],
-        m[1],
-        m[2],
-        spread(&mut ratios[0]),
-        spread(&mut ratios[1]),
-        spread(&mut ratios[2]),
+    let r = median(&mut ratios);
+    let spread = format!(
+        "{r:.2} (10th..90th percentile {:.2}..{:.2})",
+        ratios[ROUNDS / 10],
+        ratios[ROUNDS - 1 - ROUNDS / 10]
     );
+    (median(&mut xs), median(&mut ys), spread)
 }
 
 /// The process's memory on transparent huge pages, from the kernel.
