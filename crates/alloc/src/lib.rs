@@ -289,33 +289,33 @@ impl HugePages {
     }
 }
 
+/// The `VmFlags` of the mapping holding `p`, from `/proc/self/smaps`
+/// (`hg` marks one advised for huge pages); `None` when no mapping holds
+/// it or the file cannot be read. For tests and diagnostics.
+pub fn vm_flags(p: *const u8) -> Option<String> {
+    let a = p as usize;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let head = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = head.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = lo <= a && a < hi;
+                continue;
+            }
+        }
+        if let (true, Some(f)) = (inside, line.strip_prefix("VmFlags:")) {
+            return Some(f.trim().to_string());
+        }
+    }
+    None
+}
+
 #[cfg(all(test, target_os = "linux"))]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    /// The `VmFlags` line of the mapping holding `p`, from
-    /// `/proc/self/smaps`, with the mapping's start.
-    fn flags_of(p: *const u8) -> (usize, String) {
-        let a = p as usize;
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut start = None;
-        for line in smaps.lines() {
-            let head = line.split_whitespace().next().unwrap_or("");
-            if let Some((lo, hi)) = head.split_once('-') {
-                if let (Ok(lo), Ok(hi)) =
-                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-                {
-                    start = (lo <= a && a < hi).then_some(lo);
-                    continue;
-                }
-            }
-            if let (Some(s), Some(f)) = (start, line.strip_prefix("VmFlags:")) {
-                return (s, f.to_string());
-            }
-        }
-        panic!("no mapping holds {a:#x}");
-    }
 
     /// Whether the kernel has transparent huge pages at all (without, the
     /// advice fails and marks nothing).
@@ -345,8 +345,7 @@ mod tests {
         let p = unsafe { a.alloc(l) };
         assert!(!p.is_null());
         assert_eq!(p as usize % HUGE, 0);
-        let (start, flags) = flags_of(p);
-        assert_eq!(start, p as usize, "the block is a mapping of its own");
+        let flags = vm_flags(p).unwrap();
         assert!(
             !thp() || flags.split_whitespace().any(|f| f == "hg"),
             "{flags}"
@@ -361,7 +360,7 @@ mod tests {
         // SAFETY: as above.
         let p = unsafe { a.alloc(l) };
         assert_eq!(p as usize % HUGE, 0);
-        let (_, flags) = flags_of(p);
+        let flags = vm_flags(p).unwrap();
         assert!(!flags.split_whitespace().any(|f| f == "hg"), "{flags}");
         // SAFETY: as above.
         unsafe { a.dealloc(p, l) };
@@ -403,7 +402,7 @@ mod tests {
             check(q, size, 7);
             if large(new, 16) {
                 assert_eq!(q as usize % HUGE, 0);
-                assert!(!thp() || flags_of(q).1.split_whitespace().any(|f| f == "hg"));
+                assert!(!thp() || vm_flags(q).unwrap().split_whitespace().any(|f| f == "hg"));
                 if step % 2 == 0 {
                     // Map something right after the block, so the next
                     // growth has to move it.

@@ -5,32 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use latch_alloc::{HugePages, HUGE};
+use latch_alloc::{vm_flags, HugePages, HUGE};
 
 #[global_allocator]
 static A: HugePages = HugePages::new();
-
-fn vm_flags(p: *const u8) -> String {
-    let a = p as usize;
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = false;
-    for line in smaps.lines() {
-        let head = line.split_whitespace().next().unwrap_or("");
-        if let Some((lo, hi)) = head.split_once('-') {
-            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-            {
-                inside = lo <= a && a < hi;
-                continue;
-            }
-        }
-        if inside {
-            if let Some(f) = line.strip_prefix("VmFlags:") {
-                return f.to_string();
-            }
-        }
-    }
-    panic!("no mapping holds {a:#x}");
-}
 
 #[test]
 fn growing_vectors_keep_their_contents_in_huge_page_mappings() {
@@ -55,7 +33,7 @@ fn growing_vectors_keep_their_contents_in_huge_page_mappings() {
         assert_eq!(p as usize % HUGE, 0);
         // Without THP in the kernel the advice fails and marks nothing.
         let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
-        assert!(!thp || vm_flags(p).split_whitespace().any(|f| f == "hg"));
+        assert!(!thp || vm_flags(p).unwrap().split_whitespace().any(|f| f == "hg"));
     }
     v.truncate(10);
     v.shrink_to_fit();
