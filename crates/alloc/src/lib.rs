@@ -84,17 +84,15 @@ mod map {
         let Some(total) = n.checked_add(HUGE) else {
             return std::ptr::null_mut();
         };
+        // Memory to use is accounted as malloc's is (an allocation past
+        // the commit limit fails here, not at a later page fault); a
+        // reservation for a move is not.
+        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        if prot == libc::PROT_NONE {
+            flags |= libc::MAP_NORESERVE;
+        }
         // SAFETY: a fresh anonymous mapping, at an address the kernel picks.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                total,
-                prot,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), total, prot, flags, -1, 0) };
         if p == libc::MAP_FAILED {
             return std::ptr::null_mut();
         }
