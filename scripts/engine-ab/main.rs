@@ -1,8 +1,11 @@
 //! Two revisions of latch-lock (crates `lock_a` and `lock_b`, written by
 //! `scripts/engine-ab/run`) timed side by side in one process.
 
-use std::hint::black_box;
 use std::time::Instant;
+
+/// latchd's allocator: the tables' large blocks on huge pages.
+#[global_allocator]
+static ALLOC: latch_alloc::HugePages = latch_alloc::HugePages::new();
 
 macro_rules! world {
     ($m:ident, $c:ident) => {

@@ -14,6 +14,13 @@
 //! mappings only when `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` is set at
 //! start.
 //!
+//! The price, on a virtual machine whose free memory goes back to its
+//! host (virtio-balloon free page reporting): a 2 MB page taken from
+//! memory untouched since is faulted in by the host 4 kB at a time, up to
+//! milliseconds for one page, where a 4 kB page is mostly one freed
+//! recently. A table growing into such memory grows at half the speed;
+//! `latchd` has `huge_pages = false` for that.
+//!
 //! A block that grows is moved with `mremap` to a new aligned range (page
 //! tables, not bytes, move: a 2 MB page moves whole), or grown in place
 //! when the range after it is free. A rounding to 2 MB wastes at most 2 MB

@@ -52,6 +52,12 @@ pub struct Config {
     pub admin_socket: Option<std::path::PathBuf>,
     /// Where `GET /metrics` is served (Prometheus); absent: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Large blocks (a big lock table's index) on transparent huge pages
+    /// (see `latch_alloc`): lookups in a table of a million locks take a
+    /// fifth to a quarter less time. Off, they stay on 4 kB pages, which
+    /// a table growing into memory never touched before faults in faster
+    /// on virtual machines whose free memory goes back to the host.
+    pub huge_pages: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -246,6 +252,7 @@ impl Default for Config {
             local_socket_mode: 0o666,
             admin_socket: Some("/run/latch/admin.sock".into()),
             metrics_listen: None,
+            huge_pages: true,
         }
     }
 }
@@ -399,6 +406,20 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("sometimes"), "{e}");
         let e = Config::parse("listen = []\n", "f").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn huge_pages_on_by_default_and_a_bad_value_names_its_line() {
+        assert!(Config::default().huge_pages);
+        assert!(
+            !Config::parse("huge_pages = false\n", "x")
+                .unwrap()
+                .huge_pages
+        );
+        let e = Config::parse("nlm_port = 1\nhuge_pages = \"yes\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("huge_pages"), "{e}");
     }
 
     #[test]

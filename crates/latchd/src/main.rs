@@ -95,6 +95,8 @@ fn load(args: &Args) -> Result<Config> {
 fn main() -> Result<()> {
     let args = Args::parse();
     let cfg = load(&args)?;
+    // Before any table exists: the choice applies to blocks mapped later.
+    ALLOC.set_advise(cfg.huge_pages);
     if args.check_config {
         println!("{cfg:#?}");
         return Ok(());
