@@ -8,11 +8,11 @@
 //! With 4 kB pages nearly every probe also misses the TLB and walks the
 //! page tables (in a virtual machine, two sets of them). With 2 MB pages
 //! the walk is shorter and its entries stay cached: TEST at a million
-//! locks took 0.76 to 0.90 of its time on 4 kB pages, the two timed in
-//! turns in one process (the engine bench prints the comparison). Hosts whose THP setting is `madvise`, the common default,
-//! give huge pages only to memory marked this way; glibc marks its own
-//! mappings only when `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` is set at
-//! start.
+//! locks took 0.71 to 0.85 of its time on 4 kB pages, the two timed in
+//! turns in one process (the engine bench prints the comparison). Hosts
+//! whose THP setting is `madvise`, the common default, give huge pages
+//! only to memory marked this way; glibc marks its own mappings only when
+//! `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` is set at start.
 //!
 //! The price, on a virtual machine whose free memory goes back to its
 //! host (virtio-balloon free page reporting): a 2 MB page taken from
@@ -49,9 +49,10 @@ impl HugePages {
     }
 
     /// Whether large blocks mapped from now on are marked for huge pages
-    /// (on by default). Off, they are still aligned mappings of their own:
-    /// the one difference left is the page size, which is what a
-    /// benchmark comparing the two wants.
+    /// (on by default). A block keeps its mark, or its lack, when it grows
+    /// or moves. Off, blocks are still aligned mappings of their own: the
+    /// one difference left is the page size, which is what a benchmark
+    /// comparing the two wants.
     pub fn set_advise(&self, on: bool) {
         self.advise.store(on, Ordering::Relaxed);
     }
@@ -281,16 +282,11 @@ impl HugePages {
             }
             return Some(p);
         }
+        // The mapping keeps its flags, the huge page mark among them, when
+        // `mremap` extends or moves it.
         // SAFETY: per the contract.
         let q = unsafe { map::grow(p, o, n) };
-        if q.is_null() {
-            return None;
-        }
-        if self.advising() {
-            // SAFETY: `q..q + n` is now our mapping.
-            unsafe { map::advise(q, n) };
-        }
-        Some(q)
+        (!q.is_null()).then_some(q)
     }
 }
 
