@@ -19,13 +19,23 @@
 //! line fetched from memory costs, even fetched side by side. Which tail
 //! it wants is known only once the starts have arrived, so a probe guesses
 //! it first from the fences around the chunk (see `Chunk::touch_guess`)
-//! and asks for it together with the starts: one round trip when the guess
-//! is right. The answer to a conflict question, the holder's range and key
-//! included, is then in lines already loaded: it needs no lookup in the
-//! owner table, which would be another trip to memory.
+//! and asks for it together with the starts. Which chunk it wants is
+//! known only at the end of the walk down the directory, whose fence
+//! chunks are past the L2 as well, so it guesses that too, from its key
+//! and about 50 bytes a fence chunk kept in cache, and asks for the
+//! chunk's lines before the walk (see [`Grouped`]): when the guesses are
+//! right, the walk's work and its own trip to the fence chunk overlap the
+//! one round trip for the segment chunk. The answer to a conflict
+//! question, the holder's range and key included, is then in lines
+//! already loaded: it needs no lookup in the owner table, which would be
+//! another trip to memory.
 //!
 //! Cost: insert, remove and a probe are O(log n) in the B-tree plus
-//! O([`SEG_CAP`]) or O([`DIR_CAP`]) in each of the chunks on the way.
+//! O([`SEG_CAP`]) or O([`DIR_CAP`]) in each of the chunks on the way; an
+//! insert or remove that splits or merges a fence chunk moves up to
+//! `FENCE_CAP / 2` segment chunks; the probes' guide is rebuilt, in time
+//! linear in the fence chunks, after a number of changes proportional to
+//! them: O(1) a change, amortized.
 
 use std::collections::BTreeMap;
 
@@ -48,6 +58,34 @@ const SEG_CAP: usize = 16;
 /// `Chunk::touch_guess`): about 2 MB of chunks, a core's L2. Below that
 /// they are mostly in cache and a guess saves nothing.
 const GUESS_FROM: usize = 1 << 15;
+
+/// Asks the core for the cache lines holding `x`, without waiting for
+/// them: a prefetch. A load whose value went unused (`black_box`) would do
+/// as much, but the core cannot retire it before the line arrives, and the
+/// work behind it then stops once the reorder buffer is full: a probe's
+/// walk down the directory, which should overlap the trip to memory, would
+/// wait for it instead.
+fn ask<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = (x as *const T).cast::<i8>();
+        let n = std::mem::size_of::<T>();
+        // The lines from the one holding the first byte to the one holding
+        // the last.
+        let skip = p as usize % 64;
+        let mut at = 0;
+        while at < skip + n {
+            // SAFETY: a prefetch only hints: it reads nothing into the
+            // program and does not fault. The address is computed with
+            // wrapping arithmetic, so no pointer is formed out of bounds.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at).wrapping_sub(skip)) };
+            at += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
 
 /// A held segment as the conflict questions report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +110,28 @@ trait Dir: Default {
     fn pred_below(&self, key: u64) -> Option<(u64, u32)>;
     /// The entry with the least key `> key`.
     fn succ_above(&self, key: u64) -> Option<(u64, u32)>;
-    fn insert(&mut self, key: u64, v: u32);
-    fn remove(&mut self, key: u64) -> Option<u32>;
+    /// The chunk `key` probably belongs in, told without the walk down
+    /// the directory, when the directory can (see [`Grouped`]): its id and
+    /// the keys it probably covers.
+    fn guess(&self, _key: u64) -> Option<(u32, u64, Option<u64>)> {
+        None
+    }
+    /// Calls `f` on every entry, in key order.
+    fn each(&self, f: &mut impl FnMut(u64, u32));
+    /// Adds `key` for a new, empty chunk of `pool` and returns its id. A
+    /// directory that keeps the chunks in groups may move others to make
+    /// room: `keep` is an id the caller holds, changed if that one moves.
+    fn add<V: Copy + Default, const C: usize>(
+        &mut self,
+        key: u64,
+        pool: &mut Pool<V, C>,
+        keep: &mut u32,
+    ) -> u32;
+    /// Removes `key`, whose chunk's entries have moved elsewhere; the
+    /// chunk goes back to `pool`.
+    fn drop_key<V: Copy + Default, const C: usize>(&mut self, key: u64, pool: &mut Pool<V, C>);
+    /// Entries, one per chunk of the level it directs.
+    fn count(&self) -> usize;
     fn clear(&mut self);
     fn bytes(&self) -> usize;
 }
@@ -89,11 +147,26 @@ impl Dir for BTreeMap<u64, u32> {
         let from = key.checked_add(1)?;
         self.range(from..).next().map(|(&k, &v)| (k, v))
     }
-    fn insert(&mut self, key: u64, v: u32) {
-        BTreeMap::insert(self, key, v);
+    fn add<V: Copy + Default, const C: usize>(
+        &mut self,
+        key: u64,
+        pool: &mut Pool<V, C>,
+        _keep: &mut u32,
+    ) -> u32 {
+        let id = pool.alloc();
+        BTreeMap::insert(self, key, id);
+        id
     }
-    fn remove(&mut self, key: u64) -> Option<u32> {
-        BTreeMap::remove(self, &key)
+    fn drop_key<V: Copy + Default, const C: usize>(&mut self, key: u64, pool: &mut Pool<V, C>) {
+        pool.release(BTreeMap::remove(self, &key));
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn each(&self, f: &mut impl FnMut(u64, u32)) {
+        for (&k, &v) in self {
+            f(k, v);
+        }
     }
     fn clear(&mut self) {
         BTreeMap::clear(self);
@@ -142,14 +215,14 @@ impl<V: Copy + Default, const CAP: usize> Chunk<V, CAP> {
         self.keys[i]
     }
 
-    /// Reads the value of the last entry at or before `at` as it would be
+    /// Asks for the value of the last entry at or before `at` as it would be
     /// placed if the chunk held `fill` entries (the level's average) evenly
     /// spread between its fence `lo` and the next fence `hi`, before the
     /// keys that tell where it is have arrived. When the guess is right
     /// (locks of one size side by side, as the records of a file are) the
     /// value's lines come in the same round trip to memory as the keys,
     /// not in a second one after them. A wrong guess costs a line or two
-    /// read for nothing; nothing depends on the value read.
+    /// read for nothing.
     fn touch_guess(&self, lo: u64, hi: Option<u64>, at: u64, fill: f64) {
         let Some(hi) = hi else { return };
         if hi <= lo || at < lo {
@@ -158,7 +231,13 @@ impl<V: Copy + Default, const CAP: usize> Chunk<V, CAP> {
         // Floating point: a guess needs no exactness, and a u64 division
         // would take longer than the read it starts.
         let p = ((at - lo) as f64 / (hi - lo) as f64 * fill + 0.5) as usize;
-        std::hint::black_box(self.vals[p.min(CAP - 1)]);
+        ask(&self.vals[p.min(CAP - 1)]);
+    }
+
+    /// Asks for the lines of the keys and the count.
+    fn touch_keys(&self) {
+        ask(&self.keys);
+        ask(&self.len);
     }
 
     fn entry(&self, i: usize) -> (u64, V) {
@@ -212,8 +291,7 @@ impl<V: Copy + Default, const CAP: usize> Chunk<V, CAP> {
 /// entries.
 struct Level<V, D, const CAP: usize> {
     dir: D,
-    chunks: Vec<Chunk<V, CAP>>,
-    free: Vec<u32>,
+    pool: Pool<V, CAP>,
     len: usize,
 }
 
@@ -221,91 +299,158 @@ impl<V, D: Default, const CAP: usize> Default for Level<V, D, CAP> {
     fn default() -> Self {
         Level {
             dir: D::default(),
-            chunks: Vec::new(),
-            free: Vec::new(),
+            pool: Pool::default(),
             len: 0,
         }
     }
 }
 
-impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
+/// A level's chunks by id, with the ids of the chunks let go, for reuse.
+struct Pool<V, const CAP: usize> {
+    chunks: Vec<Chunk<V, CAP>>,
+    free: Vec<u32>,
+}
+
+impl<V, const CAP: usize> Default for Pool<V, CAP> {
+    fn default() -> Self {
+        Pool {
+            chunks: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<V: Copy + Default, const CAP: usize> Pool<V, CAP> {
+    /// An empty chunk: one let go, or a new one.
     fn alloc(&mut self) -> u32 {
-        match self.free.pop() {
-            Some(id) => {
-                // Entries past `len` are never read: emptying is enough.
-                self.chunks[id as usize].len = 0;
-                id
-            }
+        let id = match self.free.pop() {
+            Some(id) => id,
             None => {
                 let n = self.chunks.len();
-                if n == self.chunks.capacity() {
-                    // One chunk to begin with, not the four a first push
-                    // reserves: most files hold a few locks, and a single
-                    // chunk is a small allocation, a four-chunk one is not.
-                    // Then a quarter more at a time, not twice as many:
-                    // at a million locks a doubling can leave 50 MB
-                    // reserved and unused, and growing a large block is a
-                    // remapping, not a copy.
-                    self.chunks.reserve_exact((n / 4).max(1));
-                }
-                self.chunks.push(Chunk::new());
+                self.grow(n + 1);
                 // Chunk counts stay far below 2^32: a chunk holds entries
                 // the engine's bounds already limit.
-                (self.chunks.len() - 1) as u32
+                n as u32
             }
+        };
+        self.empty(id);
+        id
+    }
+
+    fn release(&mut self, id: Option<u32>) {
+        self.free.extend(id);
+    }
+
+    /// Empties chunk `id`, the pool growing to hold it.
+    fn place(&mut self, id: u32) {
+        self.grow(id as usize + 1);
+        self.empty(id);
+    }
+
+    fn empty(&mut self, id: u32) {
+        // Entries past `len` are never read: emptying is enough.
+        if let Some(c) = self.chunks.get_mut(id as usize) {
+            c.len = 0;
         }
     }
 
+    /// Copies chunk `from` to `to`, the pool growing to hold it.
+    fn relocate(&mut self, from: u32, to: u32) {
+        self.grow(to as usize + 1);
+        if let Some(&c) = self.chunks.get(from as usize) {
+            self.chunks[to as usize] = c;
+        }
+    }
+
+    fn grow(&mut self, n: usize) {
+        let len = self.chunks.len();
+        if n <= len {
+            return;
+        }
+        if n > self.chunks.capacity() {
+            // One chunk to begin with, not the four a first push reserves:
+            // most files hold a few locks, and a single chunk is a small
+            // allocation, a four-chunk one is not. Then a quarter more at a
+            // time, not twice as many: at a million locks a doubling can
+            // leave 50 MB reserved and unused, and growing a large block is
+            // a remapping, not a copy.
+            self.chunks.reserve_exact((n - len).max(len / 4));
+        }
+        self.chunks.resize(n, Chunk::new());
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.free.clear();
+    }
+}
+
+impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
     fn chunk(&self, id: u32) -> &Chunk<V, CAP> {
-        &self.chunks[id as usize]
+        &self.pool.chunks[id as usize]
     }
 
     fn chunk_mut(&mut self, id: u32) -> &mut Chunk<V, CAP> {
-        &mut self.chunks[id as usize]
+        &mut self.pool.chunks[id as usize]
     }
 
-    /// The chunk where `key` belongs, with the line of its value asked for
-    /// by a guess (see [`Chunk::touch_guess`]) when the level is too large
-    /// for the caches.
-    fn chunk_of(&self, key: u64) -> Option<&Chunk<V, CAP>> {
+    /// The chunk where `key` belongs. When the level is too large for the
+    /// caches, the lines of its keys and of the value it probably wants
+    /// are asked for first, from a guess of where they are (see
+    /// [`Grouped`] and [`Chunk::touch_guess`]), so that they come from
+    /// memory while the walk down the directory goes on. `all` asks for
+    /// every value instead, for a caller about to move them.
+    fn chunk_of(&self, key: u64, all: bool) -> Option<&Chunk<V, CAP>> {
         if self.len < GUESS_FROM {
             return Some(self.chunk(self.dir.pred(key)?.1));
         }
+        let fill = self.fill();
+        let touch = |c: &Chunk<V, CAP>, lo, hi| {
+            c.touch_keys();
+            if all {
+                ask(&c.vals);
+            } else {
+                c.touch_guess(lo, hi, key, fill);
+            }
+        };
+        if let Some((id, lo, hi)) = self.dir.guess(key) {
+            if let Some(c) = self.pool.chunks.get(id as usize) {
+                touch(c, lo, hi);
+            }
+        }
         let (fence, id, next) = self.dir.pred_next(key)?;
         let c = self.chunk(id);
-        c.touch_guess(fence, next, key, self.fill());
+        touch(c, fence, next);
         Some(c)
     }
 
     /// Entries per chunk in use, on average.
     fn fill(&self) -> f64 {
-        let live = self.chunks.len() - self.free.len();
-        self.len as f64 / live.max(1) as f64
+        self.len as f64 / self.dir.count().max(1) as f64
     }
 
     /// Two distinct chunks at once.
     fn pair_mut(&mut self, a: u32, b: u32) -> (&mut Chunk<V, CAP>, &mut Chunk<V, CAP>) {
         let (a, b) = (a as usize, b as usize);
         if a < b {
-            let (lo, hi) = self.chunks.split_at_mut(b);
+            let (lo, hi) = self.pool.chunks.split_at_mut(b);
             (&mut lo[a], &mut hi[0])
         } else {
-            let (lo, hi) = self.chunks.split_at_mut(a);
+            let (lo, hi) = self.pool.chunks.split_at_mut(a);
             (&mut hi[0], &mut lo[b])
         }
     }
 
     fn bytes(&self) -> usize {
-        self.chunks.capacity() * std::mem::size_of::<Chunk<V, CAP>>() + self.dir.bytes()
+        self.pool.chunks.capacity() * std::mem::size_of::<Chunk<V, CAP>>() + self.dir.bytes()
     }
 
     /// Adds an entry; the key must not be present.
     fn put(&mut self, key: u64, v: V) {
         self.len += 1;
-        let Some((_, id)) = self.dir.pred(key) else {
-            let id = self.alloc();
+        let Some((_, mut id)) = self.dir.pred(key) else {
+            let id = self.dir.add(0, &mut self.pool, &mut PENDING.clone());
             self.chunk_mut(id).insert_at(0, key, v);
-            self.dir.insert(0, id);
             return;
         };
         let c = self.chunk(id);
@@ -317,24 +462,21 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
         // Full. Appending past the last chunk starts a new one (so keys
         // added in ascending order pack their chunks full); otherwise the
         // chunk splits in halves.
-        let last = self.dir.succ_above(key).is_none();
-        let nid = self.alloc();
-        let fence = if last && i == CAP {
+        if i == CAP && self.dir.succ_above(key).is_none() {
+            let nid = self.dir.add(key, &mut self.pool, &mut id);
             self.chunk_mut(nid).insert_at(0, key, v);
-            key
+            return;
+        }
+        let half = CAP / 2;
+        let fence = c.key(half);
+        let nid = self.dir.add(fence, &mut self.pool, &mut id);
+        let (c, n) = self.pair_mut(id, nid);
+        c.split_into(half, n);
+        if key < fence {
+            self.chunk_mut(id).insert_at(i, key, v);
         } else {
-            let half = CAP / 2;
-            let (c, n) = self.pair_mut(id, nid);
-            c.split_into(half, n);
-            let fence = n.key(0);
-            if key < fence {
-                self.chunk_mut(id).insert_at(i, key, v);
-            } else {
-                self.chunk_mut(nid).insert_at(i - half, key, v);
-            }
-            fence
-        };
-        self.dir.insert(fence, nid);
+            self.chunk_mut(nid).insert_at(i - half, key, v);
+        }
     }
 
     /// Removes the entry with this key and returns its value.
@@ -364,8 +506,7 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
                 return;
             }
             self.dir.clear();
-            self.chunks.clear();
-            self.free.clear();
+            self.pool.clear();
             return;
         }
         let here = self.chunk(id).len;
@@ -375,20 +516,18 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
             // is lower: the fence invariant holds. For an empty first chunk
             // that is the only way to keep fence 0.
             if here + rlen <= CAP / 2 || (here == 0 && fence == 0) {
-                self.dir.remove(rk);
                 let r = *self.chunk(rid);
                 self.chunk_mut(id).append(&r, rlen);
-                self.free.push(rid);
+                self.dir.drop_key(rk, &mut self.pool);
                 return;
             }
         }
         if let Some((_, lid)) = self.dir.pred_below(fence) {
             let llen = self.chunk(lid).len;
             if here + llen <= CAP / 2 || here == 0 {
-                self.dir.remove(fence);
                 let c = *self.chunk(id);
                 self.chunk_mut(lid).append(&c, here);
-                self.free.push(id);
+                self.dir.drop_key(fence, &mut self.pool);
             }
         }
     }
@@ -409,7 +548,12 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
     /// As [`Level::pred_entry`], with the next key when it is in the same
     /// chunk.
     fn pred_entry_next(&self, key: u64) -> Option<(u64, V, Option<u64>)> {
-        let (_, id) = self.dir.pred(key)?;
+        self.pred_entry_next_in(key, self.dir.pred(key)?.1)
+    }
+
+    /// As [`Level::pred_entry_next`], `id` being the chunk where `key`
+    /// belongs.
+    fn pred_entry_next_in(&self, key: u64, id: u32) -> Option<(u64, V, Option<u64>)> {
         let c = self.chunk(id);
         let i = c.rank(key);
         if i == 0 {
@@ -452,16 +596,33 @@ impl<D: Dir, const CAP: usize> Dir for Level<u32, D, CAP> {
     fn succ_above(&self, key: u64) -> Option<(u64, u32)> {
         self.succ_entry(key)
     }
-    fn insert(&mut self, key: u64, v: u32) {
-        self.put(key, v);
+    fn add<W: Copy + Default, const C: usize>(
+        &mut self,
+        key: u64,
+        pool: &mut Pool<W, C>,
+        _keep: &mut u32,
+    ) -> u32 {
+        let id = pool.alloc();
+        self.put(key, id);
+        id
     }
-    fn remove(&mut self, key: u64) -> Option<u32> {
-        self.take(key)
+    fn drop_key<W: Copy + Default, const C: usize>(&mut self, key: u64, pool: &mut Pool<W, C>) {
+        pool.release(self.take(key));
+    }
+    fn count(&self) -> usize {
+        self.len
+    }
+    fn each(&self, f: &mut impl FnMut(u64, u32)) {
+        self.dir.each(&mut |_, id| {
+            let c = self.chunk(id);
+            for i in 0..c.len {
+                f(c.keys[i], c.vals[i]);
+            }
+        });
     }
     fn clear(&mut self) {
         self.dir.clear();
-        self.chunks.clear();
-        self.free.clear();
+        self.pool.clear();
         self.len = 0;
     }
     fn bytes(&self) -> usize {
@@ -469,11 +630,371 @@ impl<D: Dir, const CAP: usize> Dir for Level<u32, D, CAP> {
     }
 }
 
-impl Chunk<Tail, SEG_CAP> {
-    /// Reads every line of the values (a value is shorter than a line, so
-    /// each line holds the start of one).
-    fn touch_values(&self) {
-        std::hint::black_box(self.vals.iter().fold(0, |a, t| a ^ t.end));
+/// The fences of the segment chunks, kept so that a probe can ask for its
+/// segment chunk before it knows for sure which one it is. At a million
+/// locks the fence chunks (1 to 3 MB) are past a core's L2 and the segment
+/// chunks far past every cache: a probe that walked down the directory to
+/// its fence chunk and then to the segment chunk it names would wait for
+/// the two one after the other, and do the walk's work before either.
+///
+/// So the segment chunks are in groups, one per fence chunk: the entries of
+/// fence chunk `g` name segment chunks `CAP * g` to `CAP * g + CAP - 1`.
+/// For each fence chunk a [`Hint`] (40 bytes) says where its entries' keys
+/// are and which chunk of the group each names, and a [`Guide`] (two to
+/// four buckets of 8 bytes a fence chunk) says which fence chunks each
+/// stretch of keys is in. Both stay in cache. From its key alone a probe
+/// finds the guide's bucket, the hint, and so the segment chunk it
+/// probably wants, asks for its lines, and only then walks the directory,
+/// which tells for sure, while they come. A wrong guess costs a few lines
+/// read for nothing: the answer never depends on it.
+///
+/// The price is in the changes. When a fence chunk splits or merges, the
+/// segment chunks of the entries that changed chunk move to their new
+/// group (at most `CAP / 2` of them, about 8 kB). Every change to a fence
+/// chunk brings the hints of it and its neighbours up to date, and the
+/// guide's buckets over them unless they are many; the guide is built
+/// again (O(fence chunks)) when the fence chunks have doubled or halved or
+/// an eighth of them changed beyond what it followed. A group has room for
+/// `CAP` segment chunks whatever its fence chunk holds (up to twice the
+/// memory of the segment chunks, once every fence chunk has split in
+/// halves), but a pool is only as long as its last used place: an index
+/// of a few chunks keeps them in the first places of the first group.
+#[derive(Default)]
+struct Grouped<D, const CAP: usize> {
+    fences: Level<u32, D, CAP>,
+    hints: Vec<Hint>,
+    guide: Guide,
+}
+
+/// Which fence chunks each stretch of keys is in: the keys from the second
+/// segment chunk's fence (the first is 0) to the last one's, when it was
+/// built, in equal buckets, two to four a fence chunk, each with the fence
+/// chunk holding its first key and the one holding its last (keys past
+/// either end count as in the bucket at that end). A probe takes the
+/// second when its key is at or past that one's fence, else the first:
+/// right unless a bucket spans three fence chunks.
+#[derive(Default)]
+struct Guide {
+    base: u64,
+    shift: u32,
+    at: Vec<[u32; 2]>,
+    /// Fence chunks when it was built.
+    built_for: usize,
+    /// Changes it has not followed since.
+    stale: usize,
+}
+
+impl Guide {
+    fn bucket(&self, key: u64) -> usize {
+        let b = key
+            .saturating_sub(self.base)
+            .checked_shr(self.shift)
+            .unwrap_or(0);
+        usize::try_from(b)
+            .unwrap_or(usize::MAX)
+            .min(self.at.len().saturating_sub(1))
+    }
+
+    /// The first bucket starting at or after `key` (the count of buckets if
+    /// there is none).
+    fn bucket_from(&self, key: u64) -> usize {
+        let b = self.bucket(key);
+        b + usize::from(self.start(b) < key)
+    }
+
+    fn start(&self, b: usize) -> u64 {
+        self.base
+            .saturating_add((b as u64).checked_shl(self.shift).unwrap_or(u64::MAX))
+    }
+
+    /// Follows fence chunk `g`, which now spans the keys `[from, to)`:
+    /// points the buckets whose first or last key it holds at it, unless
+    /// they are many or it lies outside the buckets, which then need
+    /// building again.
+    fn point(&mut self, g: u32, from: u64, to: Option<u64>) {
+        let n = self.at.len();
+        let first = self.bucket_from(from)..to.map_or(n, |t| self.bucket_from(t));
+        let last = self.bucket_from(from.saturating_add(1)).saturating_sub(1)..to.map_or(n, |t| {
+            self.bucket_from(t.saturating_add(1)).saturating_sub(1)
+        });
+        if from < self.base || first.start >= n || first.len() + last.len() > 128 {
+            self.stale += 1;
+            return;
+        }
+        for b in first {
+            self.at[b][0] = g;
+        }
+        for b in last {
+            self.at[b][1] = g;
+        }
+    }
+}
+
+/// What a probe needs to guess its entry in a fence chunk without it: where
+/// each entry's key is, to within 1/256 of the keys the chunk spans, and
+/// which segment chunk of its group the entry names, four bits an entry.
+#[derive(Clone, Copy, Default)]
+struct Hint {
+    fence: u64,
+    slots: u64,
+    /// `(key - fence) >> shift` of each entry, the chunk's fence being its
+    /// key in the directory above.
+    at: [u8; 16],
+    shift: u8,
+    len: u8,
+}
+
+impl Hint {
+    fn of<const CAP: usize>(fence: u64, c: &Chunk<u32, CAP>) -> Hint {
+        let keys = &c.keys[..c.len];
+        let span = keys.last().map_or(0, |&k| k.saturating_sub(fence));
+        let shift = (64 - span.leading_zeros()).saturating_sub(8) as u8;
+        let mut h = Hint {
+            fence,
+            shift,
+            len: c.len as u8,
+            ..Hint::default()
+        };
+        for (i, (&k, &v)) in keys.iter().zip(&c.vals).enumerate() {
+            h.slots |= u64::from(v % CAP as u32) << (4 * i);
+            h.at[i] = (k.saturating_sub(fence) >> shift).min(255) as u8;
+        }
+        h
+    }
+
+    /// The entry probably holding `key`, in a chunk whose fence is
+    /// `fence`: its index and the keys it probably covers.
+    fn guess(&self, key: u64) -> (usize, u64, Option<u64>) {
+        let fence = self.fence;
+        let q = ((key - fence) >> self.shift).min(255) as u8;
+        let n = usize::from(self.len);
+        // A count over all sixteen, as `Chunk::rank` does over its keys.
+        let r = self.at[..n]
+            .iter()
+            .map(|&a| usize::from(a <= q))
+            .sum::<usize>()
+            .saturating_sub(1);
+        let key_of = |i: usize| fence + (u64::from(self.at[i]) << self.shift);
+        (r, key_of(r), (r + 1 < n).then(|| key_of(r + 1)))
+    }
+}
+
+/// The value of a fence entry whose segment chunk is not placed yet.
+const PENDING: u32 = u32::MAX;
+
+impl<D: Dir, const CAP: usize> Grouped<D, CAP> {
+    /// Four bits an entry.
+    const FITS: () = assert!(CAP <= 16);
+
+    /// Moves the segment chunks named from fence chunk `g` that lie outside
+    /// its group into free places in it, and with `pending`, places the new
+    /// one there and brings the hint up to date. The place given to the new
+    /// chunk, if it is here.
+    fn regroup<V: Copy + Default, const C: usize>(
+        &mut self,
+        (fence, g): (u64, u32),
+        pool: &mut Pool<V, C>,
+        keep: &mut u32,
+        pending: bool,
+    ) -> Option<u32> {
+        let () = Self::FITS;
+        let cap = CAP as u32;
+        let c = self.fences.pool.chunks.get_mut(g as usize)?;
+        let home = |v: u32| v != PENDING && v / cap == g;
+        let mut used = 0u32;
+        for &v in &c.vals[..c.len] {
+            if home(v) {
+                used |= 1 << (v % cap);
+            }
+        }
+        let mut placed = None;
+        for v in &mut c.vals[..c.len] {
+            if home(*v) || (*v == PENDING && !pending) {
+                continue;
+            }
+            // At most CAP entries, so a free place is left.
+            let to = g * cap + (!used).trailing_zeros();
+            used |= 1 << (to % cap);
+            if *v == PENDING {
+                pool.place(to);
+                placed = Some(to);
+            } else {
+                pool.relocate(*v, to);
+                if *keep == *v {
+                    *keep = to;
+                }
+            }
+            *v = to;
+        }
+        if pending {
+            let hint = Hint::of(fence, c);
+            if self.hints.len() <= g as usize {
+                self.hints.resize(g as usize + 1, Hint::default());
+            }
+            self.hints[g as usize] = hint;
+        }
+        placed
+    }
+
+    /// Regroups the fence chunk where `key` is and its two neighbours (a
+    /// split or a merge of fence chunks is between neighbours), first
+    /// moving what is out of place, then placing the new chunk. Its place.
+    fn settle<V: Copy + Default, const C: usize>(
+        &mut self,
+        key: u64,
+        pool: &mut Pool<V, C>,
+        keep: &mut u32,
+    ) -> Option<u32> {
+        let here = self.fences.dir.pred(key)?;
+        let near = [
+            self.fences.dir.pred_below(here.0),
+            Some(here),
+            self.fences.dir.succ_above(here.0),
+        ];
+        for &g in near.iter().flatten() {
+            self.regroup(g, pool, keep, false);
+        }
+        let mut placed = None;
+        for &g in near.iter().flatten() {
+            placed = placed.or(self.regroup(g, pool, keep, true));
+        }
+        self.follow(near);
+        placed
+    }
+
+    /// Keeps the guide in step with the fence chunks `near`, which have
+    /// just changed, or builds it again when the fence chunks have doubled
+    /// or halved, or changed too much for it to follow.
+    fn follow(&mut self, near: [Option<(u64, u32)>; 3]) {
+        let live = self.fences.dir.count();
+        if self.fences.len < GUESS_FROM / SEG_CAP {
+            self.guide = Guide::default();
+            return;
+        }
+        let g = &self.guide;
+        if g.at.is_empty() || live > 2 * g.built_for || 2 * live < g.built_for || g.stale > live / 8
+        {
+            self.rebuild();
+            return;
+        }
+        // The chunks in `near` are neighbours, in key order.
+        let mut it = near.iter().flatten().peekable();
+        while let Some(&(k, g)) = it.next() {
+            let next = match it.peek() {
+                Some(x) => Some(x.0),
+                None => self.fences.dir.succ_above(k).map(|x| x.0),
+            };
+            self.guide.point(g, k, next);
+        }
+    }
+
+    fn rebuild(&mut self) {
+        let mut fences = Vec::with_capacity(self.fences.dir.count());
+        self.fences.dir.each(&mut |k, g| fences.push((k, g)));
+        let hi = self.fences.pred(u64::MAX).map_or(0, |x| x.0);
+        let lo = self.fences.succ_above(0).map_or(hi, |x| x.0);
+        let n = (fences.len() * 2).next_power_of_two();
+        let span = hi.saturating_sub(lo);
+        let shift = (0..64).find(|&s| (span >> s) < n as u64).unwrap_or(63);
+        let mut guide = Guide {
+            base: lo,
+            shift,
+            at: Vec::with_capacity(n),
+            built_for: fences.len(),
+            stale: 0,
+        };
+        // The fence chunk holding `key`, for keys in ascending order.
+        let mut i = 0;
+        let mut holder = |key: u64| {
+            while fences.get(i + 1).is_some_and(|f| f.0 <= key) {
+                i += 1;
+            }
+            fences.get(i).map_or(0, |f| f.1)
+        };
+        for b in 0..n {
+            let first = holder(guide.start(b));
+            let last = holder(guide.start(b + 1).saturating_sub(1));
+            guide.at.push([first, last]);
+        }
+        if let Some(x) = guide.at.last_mut() {
+            x[1] = fences.last().map_or(0, |f| f.1);
+        }
+        self.guide = guide;
+    }
+}
+
+impl<D: Dir, const CAP: usize> Dir for Grouped<D, CAP> {
+    fn pred(&self, key: u64) -> Option<(u64, u32)> {
+        self.fences.pred(key)
+    }
+    fn pred_next(&self, key: u64) -> Option<(u64, u32, Option<u64>)> {
+        self.fences.pred_next(key)
+    }
+    fn pred_below(&self, key: u64) -> Option<(u64, u32)> {
+        self.fences.pred_below(key)
+    }
+    fn succ_above(&self, key: u64) -> Option<(u64, u32)> {
+        self.fences.succ_above(key)
+    }
+    fn guess(&self, key: u64) -> Option<(u32, u64, Option<u64>)> {
+        let [first, last] = *self.guide.at.get(self.guide.bucket(key))?;
+        let h = |g: u32| {
+            self.hints
+                .get(g as usize)
+                .filter(|h| h.len > 0 && key >= h.fence)
+        };
+        let (g, h) = match h(last) {
+            Some(h) => (last, h),
+            None => (first, h(first)?),
+        };
+        let (r, lo, hi) = h.guess(key);
+        Some((g * CAP as u32 + ((h.slots >> (4 * r)) & 15) as u32, lo, hi))
+    }
+    fn each(&self, f: &mut impl FnMut(u64, u32)) {
+        self.fences.each(f);
+    }
+    fn add<V: Copy + Default, const C: usize>(
+        &mut self,
+        key: u64,
+        pool: &mut Pool<V, C>,
+        keep: &mut u32,
+    ) -> u32 {
+        self.fences.put(key, PENDING);
+        match self.settle(key, pool, keep) {
+            Some(id) => id,
+            // Not reached: the entry just added is in one of the chunks
+            // settled. Should it be, the chunk goes where a plain
+            // directory would put it, and only its guesses miss.
+            None => {
+                let id = pool.alloc();
+                if let Some(v) = self.fences.pred(key).and_then(|(k, g)| {
+                    let c = self.fences.pool.chunks.get_mut(g as usize)?;
+                    let i = c.rank(key).checked_sub(1)?;
+                    (k <= key && c.keys[i] == key).then_some(&mut c.vals[i])
+                }) {
+                    *v = id;
+                }
+                id
+            }
+        }
+    }
+    fn drop_key<V: Copy + Default, const C: usize>(&mut self, key: u64, pool: &mut Pool<V, C>) {
+        // Its chunk's place in the group is free once no entry names it.
+        self.fences.take(key);
+        self.settle(key, pool, &mut PENDING.clone());
+    }
+    fn count(&self) -> usize {
+        self.fences.len
+    }
+    fn clear(&mut self) {
+        Dir::clear(&mut self.fences);
+        self.hints.clear();
+        self.guide = Guide::default();
+    }
+    fn bytes(&self) -> usize {
+        self.fences.bytes()
+            + self.hints.capacity() * std::mem::size_of::<Hint>()
+            + self.guide.at.capacity() * std::mem::size_of::<[u32; 2]>()
     }
 }
 
@@ -496,7 +1017,7 @@ impl Default for Tail {
     }
 }
 
-type Segs = Level<Tail, Level<u32, Level<u32, BTreeMap<u64, u32>, DIR_CAP>, FENCE_CAP>, SEG_CAP>;
+type Segs = Level<Tail, Grouped<Level<u32, BTreeMap<u64, u32>, DIR_CAP>, FENCE_CAP>, SEG_CAP>;
 
 #[derive(Default)]
 pub(crate) struct ExclIndex {
@@ -595,7 +1116,7 @@ impl ExclIndex {
     /// owner apart from the asker without looking the asker up.
     pub fn first_candidate(&self, s: u64, e: u64) -> Option<(Seg, Who)> {
         let l = &self.segs;
-        let c = l.chunk_of(e)?;
+        let c = l.chunk_of(e, false)?;
         let i = c.rank(e).checked_sub(1)?;
         let x = c.entry(i);
         (x.1.end >= s).then(|| (seg(x), x.1.who))
@@ -607,13 +1128,10 @@ impl ExclIndex {
     /// too); the general walk covers runs that leave the chunk.
     pub fn other_than(&self, owner: OwnerId, s: u64, e: u64) -> Option<Seg> {
         let l = &self.segs;
-        let c = l.chunk(l.dir.pred(e)?.1);
-        if l.len >= GUESS_FROM {
-            // A LOCK checks for conflicts here and then inserts into this
-            // chunk, moving the values after its own: every line of them
-            // comes in the same round trip as the keys.
-            c.touch_values();
-        }
+        // A LOCK checks for conflicts here and then inserts into this
+        // chunk, moving the values after its own: every line of them is
+        // asked for with the keys.
+        let c = l.chunk_of(e, true)?;
         let mut i = c.rank(e);
         while i > 0 {
             i -= 1;
@@ -668,6 +1186,7 @@ mod tests {
             return;
         }
         assert_eq!(fence.map(|f| f.0), Some(0));
+        groups(x);
         while let Some((k, id)) = fence {
             let c = x.segs.chunk(id);
             assert!(c.len > 0, "empty chunk");
@@ -692,6 +1211,26 @@ mod tests {
                 assert_eq!(got, want, "visit({s}, {e})");
             }
         }
+    }
+
+    /// The segment chunks are in the groups of their fence chunks, each in
+    /// a place of its own, and the hints say which.
+    fn groups(x: &ExclIndex) {
+        let g = &x.segs.dir;
+        let mut at = g.fences.dir.pred(0);
+        let mut seen = std::collections::HashSet::new();
+        while let Some((k, id)) = at {
+            let c = g.fences.chunk(id);
+            let h = g.hints[id as usize];
+            assert_eq!(h.len as usize, c.len);
+            for (i, &v) in c.vals[..c.len].iter().enumerate() {
+                assert_eq!(v / FENCE_CAP as u32, id, "segment chunk out of its group");
+                assert_eq!((h.slots >> (4 * i)) & 15, u64::from(v) % FENCE_CAP as u64);
+                assert!(seen.insert(v), "two entries name segment chunk {v}");
+            }
+            at = g.fences.dir.succ_above(k);
+        }
+        assert_eq!(seen.len(), g.fences.len);
     }
 
     #[test]
@@ -745,8 +1284,8 @@ mod tests {
             model.insert(3 * k, 3 * k + 1);
         }
         check(&x, &model);
-        assert!(x.segs.dir.chunks.len() > 4);
-        assert!(x.segs.dir.dir.chunks.len() > 1);
+        assert!(x.segs.dir.fences.pool.chunks.len() > 4);
+        assert!(x.segs.dir.fences.dir.pool.chunks.len() > 1);
         for j in 0..n - 50 {
             let k = (j * 104_729 + 5) % n;
             assert!(x.remove(3 * k));
@@ -828,6 +1367,44 @@ mod tests {
         probe(&x, &model);
     }
 
+    /// How often a probe's guess names the segment chunk the fence chunk
+    /// then names, out of `keys.len()` probes.
+    fn guessed(x: &ExclIndex, keys: impl Iterator<Item = u64>) -> (usize, usize) {
+        let (mut right, mut all) = (0, 0);
+        for k in keys {
+            let guess = x.segs.dir.guess(k).map(|g| g.0);
+            right += usize::from(guess.is_some() && guess == x.segs.dir.pred(k).map(|g| g.1));
+            all += 1;
+        }
+        (right, all)
+    }
+
+    /// The guesses of a probe are right for segments of one size side by
+    /// side, whether added in order (full chunks) or scrambled (chunks
+    /// split in halves, their places in the groups in no order), and
+    /// still for most probes once a third of them are gone at random.
+    #[test]
+    fn probes_guess_their_segment_chunk() {
+        let n = GUESS_FROM as u64 * 2;
+        for order in [1u64, 7919] {
+            let mut x = ExclIndex::default();
+            for j in 0..n {
+                let k = (j * order) % n;
+                x.insert(4 * k, 4 * k + 1, OwnerId(1), Who::default());
+            }
+            let (right, all) = guessed(&x, (0..n).map(|k| 4 * k + 1));
+            assert!(right * 100 >= all * 99, "order {order}: {right} of {all}");
+            for j in 0..n / 3 {
+                x.remove(4 * ((j * 104_729) % n));
+            }
+            let (right, all) = guessed(&x, (0..n).map(|k| 4 * k + 1));
+            assert!(
+                right * 100 >= all * 95,
+                "order {order}, thinned: {right} of {all}"
+            );
+        }
+    }
+
     #[test]
     fn an_emptied_index_keeps_one_chunk_for_the_next_entry() {
         let mut x = ExclIndex::default();
@@ -836,10 +1413,10 @@ mod tests {
             assert!(x.remove(10 + round));
             check(&x, &BTreeMap::new());
             // Still one chunk at each level, reused: nothing allocated.
-            assert_eq!(x.segs.chunks.len(), 1);
-            assert_eq!(x.segs.dir.chunks.len(), 1);
-            assert_eq!(x.segs.dir.dir.chunks.len(), 1);
-            assert_eq!(x.segs.dir.dir.dir.len(), 1);
+            assert_eq!(x.segs.pool.chunks.len(), 1);
+            assert_eq!(x.segs.dir.fences.pool.chunks.len(), 1);
+            assert_eq!(x.segs.dir.fences.dir.pool.chunks.len(), 1);
+            assert_eq!(x.segs.dir.fences.dir.dir.len(), 1);
             assert!(x.first_candidate(0, u64::MAX).is_none());
             assert!(x.other_than(OwnerId(2), 0, u64::MAX).is_none());
             assert!(x.visit(0, u64::MAX, |_| false));
