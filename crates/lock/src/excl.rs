@@ -215,6 +215,14 @@ impl<V: Copy + Default, const CAP: usize> Chunk<V, CAP> {
         self.keys[i]
     }
 
+    /// Whether the greatest key `<= at` in a sorted run that this chunk is
+    /// part of must be here: a key here is `<= at`, and another is `> at`
+    /// or is `at`.
+    fn holds(&self, at: u64) -> bool {
+        let n = self.len.min(CAP);
+        n > 0 && self.keys[0] <= at && (self.keys[n - 1] >= at)
+    }
+
     /// Asks for the value of the last entry at or before `at` as it would be
     /// placed if the chunk held `fill` entries (the level's average) evenly
     /// spread between its fence `lo` and the next fence `hi`, before the
@@ -337,8 +345,14 @@ impl<V: Copy + Default, const CAP: usize> Pool<V, CAP> {
         id
     }
 
+    /// Lets chunk `id` go. It is emptied: a chunk named by no directory
+    /// entry is empty, so that a probe that guessed it knows (see
+    /// [`Level::chunk_of`]).
     fn release(&mut self, id: Option<u32>) {
-        self.free.extend(id);
+        if let Some(id) = id {
+            self.empty(id);
+            self.free.push(id);
+        }
     }
 
     /// Empties chunk `id`, the pool growing to hold it.
@@ -354,12 +368,14 @@ impl<V: Copy + Default, const CAP: usize> Pool<V, CAP> {
         }
     }
 
-    /// Copies chunk `from` to `to`, the pool growing to hold it.
+    /// Moves chunk `from` to `to`, the pool growing to hold it; `from` is
+    /// left empty.
     fn relocate(&mut self, from: u32, to: u32) {
         self.grow(to as usize + 1);
         if let Some(&c) = self.chunks.get(from as usize) {
             self.chunks[to as usize] = c;
         }
+        self.empty(from);
     }
 
     fn grow(&mut self, n: usize) {
@@ -397,9 +413,13 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
     /// The chunk where `key` belongs. When the level is too large for the
     /// caches, the lines of its keys and of the value it probably wants
     /// are asked for first, from a guess of where they are (see
-    /// [`Grouped`] and [`Chunk::touch_guess`]), so that they come from
-    /// memory while the walk down the directory goes on. `all` asks for
-    /// every value instead, for a caller about to move them.
+    /// [`Grouped`] and [`Chunk::touch_guess`]). If the chunk guessed holds
+    /// a key at or before `key` and one after it (or `key` itself), it is
+    /// the one: chunks hold runs of the sorted keys, and a chunk no entry
+    /// names is empty. Then the walk down the directory is not needed;
+    /// otherwise it is taken, and the lines of the chunk it ends at asked
+    /// for in turn. `all` asks for every value instead of one, for a
+    /// caller about to move them.
     fn chunk_of(&self, key: u64, all: bool) -> Option<&Chunk<V, CAP>> {
         if self.len < GUESS_FROM {
             return Some(self.chunk(self.dir.pred(key)?.1));
@@ -416,6 +436,9 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
         if let Some((id, lo, hi)) = self.dir.guess(key) {
             if let Some(c) = self.pool.chunks.get(id as usize) {
                 touch(c, lo, hi);
+                if c.holds(key) {
+                    return Some(c);
+                }
             }
         }
         let (fence, id, next) = self.dir.pred_next(key)?;
@@ -979,8 +1002,11 @@ impl<D: Dir, const CAP: usize> Dir for Grouped<D, CAP> {
         }
     }
     fn drop_key<V: Copy + Default, const C: usize>(&mut self, key: u64, pool: &mut Pool<V, C>) {
-        // Its chunk's place in the group is free once no entry names it.
-        self.fences.take(key);
+        // Its chunk's place in the group is free once no entry names it;
+        // emptied before any chunk is moved there.
+        if let Some(id) = self.fences.take(key) {
+            pool.empty(id);
+        }
         self.settle(key, pool, &mut PENDING.clone());
     }
     fn count(&self) -> usize {
@@ -1231,6 +1257,13 @@ mod tests {
             at = g.fences.dir.succ_above(k);
         }
         assert_eq!(seen.len(), g.fences.len);
+        // A chunk no entry names is empty, so a probe's guess cannot take it
+        // for a live one.
+        for (id, c) in x.segs.pool.chunks.iter().enumerate() {
+            if !seen.contains(&(id as u32)) {
+                assert_eq!(c.len, 0, "segment chunk {id} is named by no entry");
+            }
+        }
     }
 
     #[test]
@@ -1403,6 +1436,41 @@ mod tests {
                 "order {order}, thinned: {right} of {all}"
             );
         }
+    }
+
+    /// Chunks let go (merged away, or moved to another group) keep no
+    /// keys a probe could take for live ones: after a stretch of segments
+    /// is removed, and another stretch moved about by splits, probes there
+    /// get what the model says.
+    #[test]
+    fn probes_do_not_answer_from_chunks_let_go() {
+        let n = GUESS_FROM as u64 * 2;
+        let mut x = ExclIndex::default();
+        let mut model = BTreeMap::new();
+        for k in 0..n {
+            x.insert(4 * k, 4 * k + 1, OwnerId(1), Who::default());
+            model.insert(4 * k, 4 * k + 1);
+        }
+        for k in n / 3..2 * n / 3 {
+            assert!(x.remove(4 * k));
+            model.remove(&(4 * k));
+        }
+        for k in (2 * n / 3..n).step_by(3) {
+            x.insert(4 * k + 2, 4 * k + 2, OwnerId(2), Who::default());
+            model.insert(4 * k + 2, 4 * k + 2);
+        }
+        for k in 0..n {
+            for e in [4 * k, 4 * k + 2] {
+                let want = model.range(..=e).next_back().filter(|(_, &end)| end >= e);
+                let got = x.first_candidate(e, e).map(|(g, _)| (g.start, g.end));
+                if got.is_some() {
+                    assert_eq!(got, want.map(|(&a, &b)| (a, b)), "first_candidate({e})");
+                }
+                let got = x.other_than(OwnerId(3), e, e).map(|g| (g.start, g.end));
+                assert_eq!(got, want.map(|(&a, &b)| (a, b)), "other_than({e})");
+            }
+        }
+        check(&x, &model);
     }
 
     #[test]
