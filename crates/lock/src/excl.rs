@@ -471,7 +471,7 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
     /// Adds an entry; the key must not be present.
     fn put(&mut self, key: u64, v: V) {
         self.len += 1;
-        let Some((_, mut id)) = self.dir.pred(key) else {
+        let Some(mut id) = self.find(key) else {
             let id = self.dir.add(0, &mut self.pool, &mut PENDING.clone());
             self.chunk_mut(id).insert_at(0, key, v);
             return;
@@ -504,7 +504,7 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
 
     /// Removes the entry with this key and returns its value.
     fn take(&mut self, key: u64) -> Option<V> {
-        let (fence, id) = self.dir.pred(key)?;
+        let id = self.find(key)?;
         let c = self.chunk(id);
         let i = c.rank(key);
         if i == 0 || c.key(i - 1) != key {
@@ -513,9 +513,32 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
         let v = self.chunk_mut(id).remove_at(i - 1);
         self.len -= 1;
         if self.chunk(id).len < CAP / 4 {
-            self.rebalance(fence, id);
+            if let Some((fence, _)) = self.dir.pred(key) {
+                self.rebalance(fence, id);
+            }
         }
         Some(v)
+    }
+
+    /// The chunk where `key` belongs: the one guessed, when it brackets
+    /// `key` (see [`Level::chunk_of`]), else the one the walk down the
+    /// directory ends at. A LOCK or UNLOCK that has just asked for the
+    /// guessed chunk's lines then changes it without the walk, whose lines
+    /// nothing else asked for.
+    fn find(&self, key: u64) -> Option<u32> {
+        if self.len >= GUESS_FROM {
+            if let Some((id, ..)) = self.dir.guess(key) {
+                if self
+                    .pool
+                    .chunks
+                    .get(id as usize)
+                    .is_some_and(|c| c.holds(key))
+                {
+                    return Some(id);
+                }
+            }
+        }
+        Some(self.dir.pred(key)?.1)
     }
 
     /// Merges a small chunk with a neighbour when they fit in half a chunk
