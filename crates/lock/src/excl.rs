@@ -594,12 +594,7 @@ impl<V: Copy + Default, D: Dir, const CAP: usize> Level<V, D, CAP> {
     /// As [`Level::pred_entry`], with the next key when it is in the same
     /// chunk.
     fn pred_entry_next(&self, key: u64) -> Option<(u64, V, Option<u64>)> {
-        self.pred_entry_next_in(key, self.dir.pred(key)?.1)
-    }
-
-    /// As [`Level::pred_entry_next`], `id` being the chunk where `key`
-    /// belongs.
-    fn pred_entry_next_in(&self, key: u64, id: u32) -> Option<(u64, V, Option<u64>)> {
+        let (_, id) = self.dir.pred(key)?;
         let c = self.chunk(id);
         let i = c.rank(key);
         if i == 0 {
